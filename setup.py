@@ -1,0 +1,49 @@
+"""Packaging for Tensor Cache (JAX/Flax). Minimum versions only; no upper pins."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tensorcache",
+    version="0.1.0",
+    description=(
+        "Tensor Cache: sliding-window attention plus a per-head outer-product "
+        "associative memory fed by evicted key/value pairs (JAX/Flax)."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(
+        include=["tensorcache", "tensorcache.*", "pallas_kernels", "pallas_kernels.*"],
+        exclude=["tests", "tests.*"],
+    ),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.10",
+        "optax>=0.2",
+        "ml-collections>=1.0",
+        "orbax-checkpoint>=0.11",
+        "numpy>=1.26",
+        "einops>=0.8",
+        "jaxtyping>=0.2.36",
+        "absl-py>=2.1",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "hypothesis>=6.100",
+            "chex>=0.1.87",
+        ],
+        "tpu": ["jax[tpu]>=0.10.2"],
+        "tfds": ["tensorflow-datasets>=4.9"],
+        "notebook": [
+            "nbclient>=0.10",
+            "ipykernel>=6.29",
+            "jupytext>=1.16",
+        ],
+        # Only for converting the reference PyTorch checkpoints.
+        "torch": ["torch>=2.3"],
+    },
+)

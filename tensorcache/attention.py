@@ -1,0 +1,136 @@
+"""L1: causal softmax attention over a sliding window (optionally with sink tokens).
+
+A query at position ``t`` sees the keys ``s`` with ``t - window < s <= t`` (``window`` recent
+keys; ``None`` means unbounded causal attention) plus, for StreamingLLM, the sink keys
+``s < num_sinks``. Logits, softmax statistics and accumulation are float32.
+
+Two implementations of the parallel form:
+
+* ``dense_attention``: the ``T x T`` masked oracle (``Impl.REFERENCE``);
+* ``chunked_window_attention``: ``lax.scan`` over query blocks, each block reading only the
+  ``block + window - 1`` keys it can see (plus the sinks), so memory is ``O(T * (W + block))``
+  and no ``T x T`` array exists (``Impl.XLA``).
+
+``attend`` is the shared core, also used by streaming, where keys come from the ring buffer
+with explicit positions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from tensorcache.shapes import NEG_INF
+
+
+def visible(
+    q_pos: Int[Array, "*T 1"] | Int[Array, "T"],
+    k_pos: Int[Array, "*S"],
+    window: int | None,
+    num_sinks: int = 0,
+) -> Bool[Array, "T S"]:
+  """Which keys each query sees: causal, valid (position >= 0), in-window or a sink."""
+  q_pos = jnp.asarray(q_pos)[..., :, None]
+  k_pos = jnp.asarray(k_pos)[..., None, :]
+  ok = (k_pos >= 0) & (k_pos <= q_pos)
+  if window is not None:
+    ok &= (k_pos > q_pos - window) | (k_pos < num_sinks)
+  return ok
+
+
+def attend(
+    q_BTHD: Float[Array, "B T H D"],
+    k_BSHD: Float[Array, "B S H D"],
+    v_BSHD: Float[Array, "B S H D"],
+    mask: Bool[Array, "*B T S"],
+    q_alt_BTHD: Float[Array, "B T H D"] | None = None,
+    use_alt: Bool[Array, "*B S"] | None = None,
+) -> Float[Array, "B T H D"]:
+  """Masked softmax attention with scale ``1/sqrt(D)`` and float32 statistics.
+
+  ``q_alt``/``use_alt``: keys flagged in ``use_alt`` are scored against ``q_alt`` instead of
+  ``q`` (sinks with in-cache RoPE positions). A row with no visible key returns zeros.
+  """
+  scale = 1.0 / jnp.sqrt(jnp.float32(q_BTHD.shape[-1]))
+  logits = jnp.einsum("bthd,bshd->bhts", q_BTHD, k_BSHD, preferred_element_type=jnp.float32)
+  if q_alt_BTHD is not None:
+    alt = jnp.einsum("bthd,bshd->bhts", q_alt_BTHD, k_BSHD, preferred_element_type=jnp.float32)
+    logits = jnp.where(use_alt[..., None, None, :], alt, logits)
+  logits = jnp.where(mask[..., None, :, :] if mask.ndim == 3 else mask, logits * scale, NEG_INF)
+  m = jnp.max(logits, axis=-1, keepdims=True)
+  p = jnp.exp(logits - m)
+  p = jnp.where(logits > NEG_INF / 2, p, 0.0)
+  denom = jnp.maximum(jnp.sum(p, axis=-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+  out = jnp.einsum("bhts,bshd->bthd", p / denom, v_BSHD.astype(jnp.float32))
+  return out.astype(q_BTHD.dtype)
+
+
+def dense_attention(
+    q_BTHD: Float[Array, "B T H D"],
+    k_BTHD: Float[Array, "B T H D"],
+    v_BTHD: Float[Array, "B T H D"],
+    window: int | None,
+    num_sinks: int = 0,
+    q_sink_BTHD: Float[Array, "B T H D"] | None = None,
+) -> Float[Array, "B T H D"]:
+  """The ``T x T`` oracle: every query against every key under the L1 mask."""
+  pos = jnp.arange(q_BTHD.shape[1])
+  mask = visible(pos, pos, window, num_sinks)
+  return attend(q_BTHD, k_BTHD, v_BTHD, mask, q_sink_BTHD, pos < num_sinks)
+
+
+def chunked_window_attention(
+    q_BTHD: Float[Array, "B T H D"],
+    k_BTHD: Float[Array, "B T H D"],
+    v_BTHD: Float[Array, "B T H D"],
+    window: int | None,
+    num_sinks: int = 0,
+    q_sink_BTHD: Float[Array, "B T H D"] | None = None,
+    block: int = 128,
+) -> Float[Array, "B T H D"]:
+  """``lax.scan`` over query blocks; block ``i`` reads keys ``[i*Q - window + 1, (i+1)*Q)``.
+
+  With ``window=None`` (full causal attention) each block reads all keys. Sinks that fall
+  outside a block's key span are appended to it, so every key is counted once.
+  """
+  B, T, H, D = q_BTHD.shape
+  Q = min(block, T)
+  nb = -(-T // Q)
+  pad_t = nb * Q - T
+  span = nb * Q if window is None else Q + window - 1
+  front = 0 if window is None else window - 1
+
+  def pad(x, front_pad):
+    return jnp.pad(x, ((0, 0), (front_pad, pad_t), (0, 0), (0, 0)))
+
+  k_pad, v_pad = pad(k_BTHD, front), pad(v_BTHD, front)
+  k_pos_pad = jnp.arange(-front, nb * Q) if window is not None else jnp.arange(nb * Q)
+  k_pos_pad = jnp.where(k_pos_pad < T, k_pos_pad, -1)  # padded tail keys are invalid
+  q_blocks = pad(q_BTHD, 0).reshape(B, nb, Q, H, D).swapaxes(0, 1)
+  qs_blocks = None if q_sink_BTHD is None else pad(q_sink_BTHD, 0).reshape(B, nb, Q, H, D).swapaxes(0, 1)
+  sink_pos = jnp.arange(num_sinks)
+  k_sink, v_sink = k_BTHD[:, :num_sinks], v_BTHD[:, :num_sinks]
+
+  def body(_, xs):
+    i, q_blk, qs_blk = xs
+    start = i * Q if window is not None else 0
+    k_blk = jax.lax.dynamic_slice_in_dim(k_pad, start, span, axis=1)
+    v_blk = jax.lax.dynamic_slice_in_dim(v_pad, start, span, axis=1)
+    kp = jax.lax.dynamic_slice_in_dim(k_pos_pad, start, span)
+    qp = i * Q + jnp.arange(Q)
+    mask = visible(qp, kp, window)  # recent keys only
+    use_alt = kp < num_sinks
+    if num_sinks:
+      # Sinks outside the recent span of this query.
+      sink_mask = visible(qp, sink_pos, None) & ~visible(qp, sink_pos, window)
+      k_blk = jnp.concatenate([k_sink, k_blk], axis=1)
+      v_blk = jnp.concatenate([v_sink, v_blk], axis=1)
+      mask = jnp.concatenate([sink_mask, mask], axis=1)
+      use_alt = jnp.concatenate([sink_pos < num_sinks, use_alt])
+    out = attend(q_blk, k_blk, v_blk, mask, qs_blk, use_alt if qs_blk is not None else None)
+    return None, out
+
+  xs = (jnp.arange(nb), q_blocks, qs_blocks)
+  _, out = jax.lax.scan(body, None, xs)
+  return out.swapaxes(0, 1).reshape(B, nb * Q, H, D)[:, :T]

@@ -1,0 +1,43 @@
+"""Test setup: CPU backend with 8 fake devices, configured before jax is imported.
+
+pytest imports this file before any test module, so the environment below is in place
+when a test first imports jax. Set ``JAX_PLATFORMS`` yourself (e.g. ``cuda,cpu``) to run
+the ``gpu``/``tpu`` marked tests on an accelerator; otherwise they are skipped.
+"""
+
+import os
+
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count=8"
+if _DEVICE_COUNT_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " " + _DEVICE_COUNT_FLAG
+    ).strip()
+
+
+def _backend_platform() -> str:
+    """Platform of jax's default device; imports jax lazily (after the env is set)."""
+    import jax
+
+    return jax.devices()[0].platform
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu``/``tpu`` marked tests unless that backend is present."""
+    del config
+    needs = [
+        (item, marker)
+        for item in items
+        for marker in ("gpu", "tpu")
+        if item.get_closest_marker(marker) is not None
+    ]
+    if not needs:
+        return
+    platform = _backend_platform()
+    for item, marker in needs:
+        if platform != marker:
+            item.add_marker(
+                pytest.mark.skip(reason=f"needs a {marker} backend; jax platform is {platform}")
+            )
