@@ -1,0 +1,88 @@
+"""Infini-attention (Munkhdalai et al., 2024): compressive memory beside windowed attention.
+
+Per head ``M`` (``D x D``) and ``z`` (``D``), feature map ``phi = ELU + 1``, no decay:
+
+* read: ``phi(q) M / (phi(q) . z + 1e-5)``;
+* write a segment ``(K, V)``: linear ``M += phi(K)^T V``, or delta
+  ``M += phi(K)^T (V - phi(K) M / (phi(K) z + 1e-5))``; ``z += sum_t phi(K_t)``.
+
+Every token of segment ``s`` reads the state left by segments ``< s``. Streaming keeps the
+current segment's writes pending (computed against the committed state, as the segment
+write would) and commits them when the segment is complete, so streaming with the
+training segment equals the parallel form; a segment of 1 is the reference's streaming
+(read, then write the current token).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from tensorcache.cache import InfiniState
+from tensorcache.shapes import INFINI_EPS
+
+f32 = jnp.float32
+
+
+def feature_map(x):
+  return jax.nn.elu(x.astype(f32)) + 1.0
+
+
+def read(phi_q_BSHD, M_BHDD, z_BHD) -> Float[Array, "B S H D"]:
+  """``phi(q) M / (phi(q) . z + eps)``."""
+  num = jnp.einsum("bshd,bhde->bshe", phi_q_BSHD, M_BHDD)
+  den = jnp.einsum("bshd,bhd->bsh", phi_q_BSHD, z_BHD)[..., None] + INFINI_EPS
+  return num / den
+
+
+def write_terms(phi_k_BSHD, v_BSHD, M_BHDD, z_BHD, rule: str):
+  """``(phi(K)^T U, sum phi(K))`` of a write against the committed state (``U`` per rule)."""
+  u = v_BSHD.astype(f32)
+  if rule == "delta":
+    u = u - read(phi_k_BSHD, M_BHDD, z_BHD)
+  return jnp.einsum("bshd,bshe->bhde", phi_k_BSHD, u), phi_k_BSHD.sum(1)
+
+
+def segment_scan(q_BTHD, k_BTHD, v_BTHD, rule: str, segment: int, state: InfiniState):
+  """Parallel (training) form: ``lax.scan`` over segments. Returns reads and the new state."""
+  B, T, H, D = q_BTHD.shape
+  S = min(segment, T)
+  n = -(-T // S)
+  pad = n * S - T
+
+  def split(x):
+    return jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(B, n, S, H, D).swapaxes(0, 1)
+
+  valid = jnp.pad(jnp.ones((T,), f32), (0, pad)).reshape(n, S)
+
+  def body(carry, xs):
+    M, z = carry
+    q, k, v, ok = xs
+    r = read(feature_map(q), M, z)
+    dM, dz = write_terms(feature_map(k) * ok[None, :, None, None], v, M, z, rule)
+    return (M + dM, z + dz), r
+
+  (M, z), r = jax.lax.scan(body, (state.M, state.z), (split(q_BTHD), split(k_BTHD), split(v_BTHD), valid))
+  r = r.swapaxes(0, 1).reshape(B, n * S, H, D)[:, :T]
+  return r, InfiniState(M, z, state.M_pend, state.z_pend)
+
+
+def stream(q_BPHD, k_BPHD, v_BPHD, positions, rule: str, segment: int, state: InfiniState):
+  """Token by token from ``state``: read, add the token to the pending segment, and commit
+  the segment after its last position (``(p + 1) % segment == 0``)."""
+
+  def step(st, xs):
+    q, k, v, p = xs  # [B,1,H,D] x3, []
+    r = read(feature_map(q), st.M, st.z)
+    dM, dz = write_terms(feature_map(k), v, st.M, st.z, rule)
+    M_pend, z_pend = st.M_pend + dM, st.z_pend + dz
+    commit = (p + 1) % segment == 0
+    st = InfiniState(
+        jnp.where(commit, st.M + M_pend, st.M), jnp.where(commit, st.z + z_pend, st.z),
+        jnp.where(commit, 0.0, M_pend), jnp.where(commit, 0.0, z_pend))
+    return st, r[:, 0]
+
+  xs = tuple(x.swapaxes(0, 1)[:, :, None] for x in (q_BPHD, k_BPHD, v_BPHD)) + (positions,)
+  state, r = jax.lax.scan(step, state, xs)
+  return r.swapaxes(0, 1), state

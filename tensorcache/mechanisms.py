@@ -1,0 +1,172 @@
+"""Per-layer mechanism math as pure functions: parallel (training) and extend (streaming).
+
+``extend`` processes a chunk of ``P`` new tokens against a layer's cache; ``P = 1`` is the
+decode step and a ``lax.scan`` of chunks is the prefill, so every streaming path runs the
+same code. Within a chunk, step ``i`` (position ``pos + i``) evicts the token at position
+``pos + i - W``: the evicted stream is the ring in chronological order followed by the chunk.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from tensorcache import attention, cache as cache_lib, dispatch, infini, memory
+from tensorcache.config import ModelConfig
+from tensorcache.rope import apply_rope
+
+f32 = jnp.float32
+
+
+class MemoryParams(NamedTuple):
+  """Decay and write rate per head (log lam, eta), for one or two timescales."""
+  log_lam: Float[Array, "H"]
+  eta: Float[Array, "H"]
+  log_lam_slow: Float[Array, "H"] | None = None
+  eta_slow: Float[Array, "H"] | None = None
+  alpha: Float[Array, "H"] | None = None  # sigma(alpha): weight of the slow read
+
+
+def sink_query(q_raw_BTHD, positions, cfg: ModelConfig):
+  """StreamingLLM's in-cache positions: a query scores the sinks from position
+  ``min(t, W - 1)``, its slot once the cache is full. None for absolute positions."""
+  if cfg.mechanism != "sinks" or cfg.sink_positions != "cache":
+    return None
+  return apply_rope(q_raw_BTHD, jnp.minimum(positions, cfg.window - 1), cfg.rope_base, cfg.rope_scaling)
+
+
+# ------------------------------------------------------------------ L1
+
+
+def l1_parallel(q, k, v, cfg: ModelConfig, q_sink=None):
+  window = cfg.l1_window(training=True)
+  return dispatch.l1_attention(
+      q, k, v, window=window, num_sinks=cfg.n_sinks if window is not None else 0,
+      q_sink=q_sink if window is not None else None, block=cfg.attn_block, impl=cfg.impl)
+
+
+def l1_extend(q, k, v, kv: cache_lib.KVCache, slot_pos, positions, cfg: ModelConfig, q_sink=None):
+  """Chunk queries against the cached keys plus the chunk's own keys."""
+  keys = jnp.concatenate([kv.k.astype(k.dtype), k], axis=1)
+  values = jnp.concatenate([kv.v.astype(v.dtype), v], axis=1)
+  k_pos = jnp.concatenate([slot_pos, positions])
+  mask = attention.visible(positions, k_pos, cfg.l1_window(training=False), cfg.n_sinks)
+  use_alt = k_pos < cfg.n_sinks if q_sink is not None else None
+  return attention.attend(q, keys, values, mask, q_sink, use_alt)
+
+
+# ------------------------------------------------------------------ Tensor Cache (L2)
+
+
+def _prepare(q, k, v, cfg: ModelConfig):
+  q = memory.normalize_key(q) if cfg.normalize_q else q.astype(f32)
+  return q, memory.normalize_key(k), v.astype(f32) * cfg.value_scale
+
+
+def _normalize_read(r, qz, cfg: ModelConfig):
+  return r / jnp.maximum(jnp.abs(qz), cfg.normalize_read_eps)[..., None]
+
+
+def _timescales(mp: MemoryParams, state: cache_lib.MemoryState):
+  yield mp.log_lam, mp.eta, state.A, state.z
+  if mp.alpha is not None:
+    yield mp.log_lam_slow, mp.eta_slow, state.A_slow, None
+
+
+def _combine(mp: MemoryParams, reads):
+  r = reads[0]
+  if mp.alpha is not None:
+    r = r + mp.alpha[None, None, :, None] * reads[1]
+  return r
+
+
+def tc_parallel(q, k, v, mp: MemoryParams, cfg: ModelConfig) -> Float[Array, "B T H D"]:
+  """Training reads of the memory for every position, per ``cfg.memory_mode``.
+
+  exact: the write stream is the eviction stream (token ``s`` written at step ``s + W``,
+  before the read; ``W + 1`` under the reference's read-then-write order), run by the exact
+  scan on queries shifted by that delay. reference: write-on-insert chunk-start scan.
+  chunk_mean: the chunk-mean shortcut on the evicted or inserted stream.
+  """
+  B, T, H, D = q.shape
+  qm, kh, vm = _prepare(q, k, v, cfg)
+  mode = cfg.memory_mode
+  if mode == "exact":
+    shift = cfg.window + (cfg.compat == "reference")
+  elif mode == "chunk_mean" and cfg.chunk_mean_feed == "evict":
+    shift = cfg.window
+  else:
+    shift = 0
+  qs = memory.shift_queries(qm, shift)
+  valid = jnp.ones((T,), bool)
+  state = cache_lib.empty_memory(B, H, D, cfg.normalize_read, mp.alpha is not None)
+  reads = []
+  for log_lam, eta, A, z in _timescales(mp, state):
+    if mode == "exact":
+      g = memory.log_decay(log_lam, valid)
+      r, _ = dispatch.l2_scan(qs, kh, vm, g, eta, A, rule=cfg.rule, chunk=cfg.chunk, impl=cfg.impl)
+      qz = None if z is None else memory.normalizer_scan(qs, kh, g, eta, z, cfg.chunk)[0]
+    else:
+      r, qz, _, _ = memory.chunk_start_scan(
+          qs, kh, vm, log_lam, valid, eta, A, cfg.rule, cfg.chunk, mean=mode == "chunk_mean", z_BHD=z)
+    r = memory.unshift_reads(r, shift)
+    if qz is not None:
+      r = _normalize_read(r, memory.unshift_reads(qz[..., None], shift)[..., 0], cfg)
+    reads.append(r)
+  return _combine(mp, reads)
+
+
+def tc_extend(q, k_evict, v_evict, valid, mp: MemoryParams, state: cache_lib.MemoryState, cfg: ModelConfig):
+  """Per-token memory semantics over a chunk: step ``i`` writes evicted pair ``i`` (if
+  ``valid``) and reads ``q_i``, after the write (exact) or before it (reference order)."""
+  qm, kh, vm = _prepare(q, k_evict, v_evict, cfg)
+  read_first = cfg.compat == "reference"
+  reads, new = [], []
+  for log_lam, eta, A, z in _timescales(mp, state):
+    g = memory.log_decay(log_lam, valid)
+    r, A = dispatch.l2_scan(qm, kh, vm, g, eta, A, rule=cfg.rule, chunk=cfg.chunk,
+                            read_first=read_first, impl=cfg.impl)
+    if z is not None:
+      qz, z = memory.normalizer_scan(qm, kh, g, eta, z, cfg.chunk, read_first)
+      r = _normalize_read(r, qz, cfg)
+    reads.append(r)
+    new.append((A, z))
+  state = cache_lib.MemoryState(new[0][0], new[0][1], new[1][0] if len(new) > 1 else None)
+  return _combine(mp, reads), state
+
+
+def evicted_stream(kv: cache_lib.KVCache, slot_pos, pos, k, v, positions):
+  """Pairs evicted at the chunk's steps: positions ``pos - W ... pos + P - 1 - W``."""
+  P = k.shape[1]
+  k_old, v_old, p_old = cache_lib.chronological(kv, slot_pos, pos)
+  k_seq = jnp.concatenate([k_old.astype(k.dtype), k], axis=1)[:, :P]
+  v_seq = jnp.concatenate([v_old.astype(v.dtype), v], axis=1)[:, :P]
+  p_seq = jnp.concatenate([p_old, positions])[:P]
+  return k_seq, v_seq, p_seq >= 0
+
+
+# ------------------------------------------------------------------ Infini-attention
+
+
+def infini_segment(cfg: ModelConfig, streaming: bool) -> int:
+  return 1 if streaming and cfg.compat == "reference" else cfg.infini_segment
+
+
+def infini_mix(local, mem, beta):
+  """Per-head fusion before ``c_proj``: ``sigma(beta) mem + (1 - sigma(beta)) local``."""
+  g = jax.nn.sigmoid(jnp.asarray(beta, f32))[None, None, :, None]
+  return (g * mem + (1.0 - g) * local.astype(f32)).astype(local.dtype)
+
+
+def infini_parallel(q, k, v, cfg: ModelConfig):
+  B, T, H, D = q.shape
+  r, _ = infini.segment_scan(q, k, v, cfg.infini_rule, infini_segment(cfg, False),
+                             cache_lib.empty_infini(B, H, D))
+  return r
+
+
+def infini_extend(q, k, v, positions, state: cache_lib.InfiniState, cfg: ModelConfig):
+  return infini.stream(q, k, v, positions, cfg.infini_rule, infini_segment(cfg, True), state)

@@ -1,0 +1,205 @@
+"""Flax Linen modules: the GPT backbone of METHOD.md §3 and the mechanism-aware attention.
+
+Modules own parameters and call the pure functions of ``mechanisms``; every method is a
+pure function of (params, inputs, cache). ``GPT.__call__`` is the parallel (training)
+forward; ``GPT.extend`` consumes a chunk of tokens against a streaming ``Cache``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tensorcache import cache as cache_lib, mechanisms
+from tensorcache.config import ModelConfig
+from tensorcache.rope import apply_rope
+
+f32 = jnp.float32
+
+
+def _logit(p: float) -> float:
+  return float(np.clip(math.log(p / (1.0 - p)), -10.0, 10.0))
+
+
+def _const(value: float):
+  return lambda key, shape, dtype=f32: jnp.full(shape, value, dtype)
+
+
+def check_tokens(tokens, vocab_size: int) -> None:
+  """Raises on token ids outside ``[0, vocab_size)`` when the ids are concrete."""
+  if isinstance(tokens, jax.core.Tracer):
+    return
+  t = np.asarray(tokens)
+  if not np.issubdtype(t.dtype, np.integer):
+    raise TypeError(f"token ids must be integers, got dtype {t.dtype}.")
+  if t.size and (t.min() < 0 or t.max() >= vocab_size):
+    raise ValueError(
+        f"token ids must lie in [0, {vocab_size}); got min {t.min()}, max {t.max()}. "
+        "Check the tokenizer against the model's vocab_size.")
+
+
+class Attention(nn.Module):
+  """Causal self-attention with the configured mechanism (L1 window, sinks, Infini, L2)."""
+
+  cfg: ModelConfig
+  layer: int
+
+  def setup(self):
+    c = self.cfg
+    dt = jnp.dtype(c.dtype)
+    normal = nn.initializers.normal(0.02)
+    resid = nn.initializers.normal(0.02 / math.sqrt(2 * c.n_layer))
+    self.c_attn = nn.Dense(3 * c.d_model, use_bias=False, kernel_init=normal, dtype=dt)
+    self.c_proj = nn.Dense(c.d_model, use_bias=False, kernel_init=resid, dtype=dt)
+    self.memory = c.has_memory(self.layer)
+    H = c.n_head
+    if self.memory:
+      self.decay_logit = self.param("decay_logit", _const(_logit(c.decay_init)), (H,))
+      self.lr_logit = self.param("lr_logit", _const(_logit(c.lr_init)), (H,))
+      if c.two_timescales:
+        self.decay_slow_logit = self.param("decay_slow_logit", _const(_logit(c.decay_slow_init)), (H,))
+        self.lr_slow_logit = self.param("lr_slow_logit", _const(_logit(c.lr_slow_init)), (H,))
+        self.alpha_logit = self.param("alpha_logit", _const(_logit(c.alpha_init)), (H,))
+      if c.per_token_gate:
+        self.gate_proj = nn.Dense(1, kernel_init=nn.initializers.zeros, bias_init=_const(c.gate_init), dtype=dt)
+      else:
+        self.gate = self.param("gate", _const(c.gate_init), (1,))
+      self.tc_proj = nn.Dense(c.d_model, use_bias=False, kernel_init=normal, dtype=dt)
+    if c.mechanism == "infini":
+      self.beta = self.param("beta", nn.initializers.zeros, (H,))
+
+  def _qkv(self, x, positions):
+    c = self.cfg
+    B, T, _ = x.shape
+    q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+    q, k, v = (t.reshape(B, T, c.n_head, c.head_dim) for t in (q, k, v))
+    q_sink = mechanisms.sink_query(q, positions, c)
+    q = apply_rope(q, positions, c.rope_base, c.rope_scaling)
+    k = apply_rope(k, positions, c.rope_base, c.rope_scaling)
+    return q, k, v, q_sink
+
+  def _memory_params(self) -> mechanisms.MemoryParams:
+    sg = jax.lax.stop_gradient if self.cfg.freeze_decay_lr else (lambda a: a)
+    mp = mechanisms.MemoryParams(jax.nn.log_sigmoid(sg(self.decay_logit)), jax.nn.sigmoid(sg(self.lr_logit)))
+    if self.cfg.two_timescales:
+      mp = mp._replace(
+          log_lam_slow=jax.nn.log_sigmoid(sg(self.decay_slow_logit)),
+          eta_slow=jax.nn.sigmoid(sg(self.lr_slow_logit)),
+          alpha=jax.nn.sigmoid(self.alpha_logit))
+    return mp
+
+  def _output(self, x, local, mem_read):
+    """``c_proj(merge(L1)) + gate * W_tc(merge(r))``."""
+    B, T = x.shape[:2]
+    y = self.c_proj(local.reshape(B, T, -1))
+    if mem_read is None:
+      return y
+    gate = jax.nn.sigmoid(self.gate_proj(x) if self.cfg.per_token_gate else self.gate)
+    return y + gate.astype(y.dtype) * self.tc_proj(mem_read.astype(y.dtype).reshape(B, T, -1))
+
+  def __call__(self, x):
+    c = self.cfg
+    positions = jnp.arange(x.shape[1])
+    q, k, v, q_sink = self._qkv(x, positions)
+    local = mechanisms.l1_parallel(q, k, v, c, q_sink)
+    if c.mechanism == "infini":
+      local = mechanisms.infini_mix(local, mechanisms.infini_parallel(q, k, v, c), self.beta)
+    mem = mechanisms.tc_parallel(q, k, v, self._memory_params(), c) if self.memory else None
+    return self._output(x, local, mem)
+
+  def extend(self, x, lc: cache_lib.LayerCache, slot_pos, pos, positions, slots):
+    c = self.cfg
+    q, k, v, q_sink = self._qkv(x, positions)
+    local = mechanisms.l1_extend(q, k, v, lc.kv, slot_pos, positions, c, q_sink)
+    mem_state, mem = lc.mem, None
+    if c.mechanism == "infini":
+      r, mem_state = mechanisms.infini_extend(q, k, v, positions, lc.mem, c)
+      local = mechanisms.infini_mix(local, r, self.beta)
+    elif self.memory:
+      k_ev, v_ev, valid = mechanisms.evicted_stream(lc.kv, slot_pos, pos, k, v, positions)
+      mem, mem_state = mechanisms.tc_extend(q, k_ev, v_ev, valid, self._memory_params(), lc.mem, c)
+    kv, _ = cache_lib.insert(lc.kv, slot_pos, k, v, slots, positions)
+    return self._output(x, local, mem), cache_lib.LayerCache(kv, mem_state)
+
+
+class MLP(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.cfg
+    dt = jnp.dtype(c.dtype)
+    h = nn.Dense(4 * c.d_model, use_bias=False, kernel_init=nn.initializers.normal(0.02), dtype=dt, name="fc")(x)
+    h = jax.nn.gelu(h, approximate=False)
+    resid = nn.initializers.normal(0.02 / math.sqrt(2 * c.n_layer))
+    return nn.Dense(c.d_model, use_bias=False, kernel_init=resid, dtype=dt, name="proj")(h)
+
+
+def _layer_norm(cfg: ModelConfig, name: str):
+  return nn.LayerNorm(epsilon=1e-5, use_bias=False, dtype=jnp.dtype(cfg.dtype), name=name)
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+  layer: int
+
+  def setup(self):
+    self.ln1 = _layer_norm(self.cfg, "ln1")
+    self.attn = Attention(self.cfg, self.layer)
+    self.ln2 = _layer_norm(self.cfg, "ln2")
+    self.mlp = MLP(self.cfg)
+
+  def __call__(self, x):
+    x = x + self.attn(self.ln1(x))
+    return x + self.mlp(self.ln2(x))
+
+  def extend(self, x, lc, slot_pos, pos, positions, slots):
+    a, lc = self.attn.extend(self.ln1(x), lc, slot_pos, pos, positions, slots)
+    x = x + a
+    return x + self.mlp(self.ln2(x)), lc
+
+
+class GPT(nn.Module):
+  """Pre-LN GPT, no biases, tied embedding / head, RoPE; logits are float32."""
+
+  cfg: ModelConfig
+
+  def setup(self):
+    c = self.cfg
+    self.wte = nn.Embed(c.vocab_size, c.d_model, embedding_init=nn.initializers.normal(0.02))
+    self.blocks = [Block(c, i) for i in range(c.n_layer)]
+    self.ln_f = _layer_norm(c, "ln_f")
+
+  def _head(self, x):
+    return self.wte.attend(self.ln_f(x).astype(f32)).astype(f32)
+
+  def __call__(self, tokens):
+    """Parallel forward: logits ``[B, T, V]`` for every position."""
+    check_tokens(tokens, self.cfg.vocab_size)
+    x = self.wte(tokens).astype(jnp.dtype(self.cfg.dtype))
+    for block in self.blocks:
+      x = block(x)
+    return self._head(x)
+
+  def extend(self, tokens, cache: cache_lib.Cache):
+    """Streams a chunk ``tokens [B, P]`` through the cache: logits ``[B, P, V]`` and the new
+    cache. Exactly the per-token semantics whatever ``P``; ``P = 1`` is a decode step."""
+    c = self.cfg
+    check_tokens(tokens, c.vocab_size)
+    P = tokens.shape[1]
+    positions = cache.pos + jnp.arange(P)
+    slots = cache_lib.write_slots(positions, c.cache_size, c.n_sinks)
+    x = self.wte(tokens).astype(jnp.dtype(c.dtype))
+    layers = []
+    for block, lc in zip(self.blocks, cache.layers):
+      x, lc = block.extend(x, lc, cache.slot_pos, cache.pos, positions, slots)
+      layers.append(lc)
+    logits = self._head(x)
+    if c.mechanism == "full":  # past capacity the slots would wrap: poison instead of lying
+      logits = jnp.where(positions[None, :, None] >= c.max_len, jnp.nan, logits)
+    slot_pos = cache.slot_pos.at[slots].set(positions, mode="drop")
+    return logits, cache_lib.Cache(cache.pos + P, slot_pos, tuple(layers))
