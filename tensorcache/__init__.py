@@ -1,4 +1,8 @@
-"""Tensor Cache (JAX/Flax): sliding-window attention plus an evicted-pair associative memory.
+"""Tensor Cache (JAX/Flax): sliding-window attention plus an evicted-pair associative memory."""
 
-The public API is exported from here as the library modules land.
-"""
+from tensorcache import convert, inference
+from tensorcache.config import ModelConfig
+from tensorcache.dispatch import Impl
+from tensorcache.model import GPT
+
+__all__ = ["GPT", "Impl", "ModelConfig", "convert", "inference"]
