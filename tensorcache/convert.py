@@ -165,3 +165,45 @@ def load_torch_checkpoint(path: str, kv_mode: str | None = None, **overrides) ->
     raise ValueError(f"{path} is not a reference checkpoint: expected a dict with 'model' and 'model_args'.")
   cfg = config_from_reference(ckpt["model_args"], kv_mode, **overrides)
   return cfg, params_from_state_dict(ckpt["model"], cfg)
+
+
+def load_npz(path: str, kv_mode: str | None = None, **overrides) -> tuple[ModelConfig, dict]:
+  """``(config, params)`` from an ``.npz`` holding ``w.<state_dict name>`` arrays and the
+  reference configuration as a JSON string under ``config_json``."""
+  import json
+
+  with np.load(path) as z:
+    if "config_json" not in z.files:
+      raise ValueError(f"{path} has no 'config_json' entry with the reference configuration.")
+    state_dict = {k[2:]: z[k] for k in z.files if k.startswith("w.")}
+    ref = json.loads(str(z["config_json"]))
+  cfg = config_from_reference(ref, kv_mode, **overrides)
+  return cfg, params_from_state_dict(state_dict, cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+  """``python -m tensorcache.convert --from-torch ckpt.pt --workdir out/``."""
+  import argparse
+
+  from tensorcache import checkpoint
+
+  parser = argparse.ArgumentParser(description="Convert a reference PyTorch checkpoint into an orbax checkpoint.")
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--from-torch", metavar="CKPT_PT", help="the reference trainer's ckpt.pt")
+  source.add_argument("--from-npz", metavar="NPZ", help="w.<name> arrays plus config_json")
+  parser.add_argument("--workdir", required=True, help="where to write the checkpoint (evaluate/sample read it)")
+  parser.add_argument("--kv-mode", choices=KV_MODES, help="reference preset (default: inferred from the config)")
+  parser.add_argument("--max-len", type=int, help="full-attention cache capacity (default: block_size)")
+  args = parser.parse_args(argv)
+  overrides = {} if args.max_len is None else {"max_len": args.max_len}
+  if args.from_torch:
+    cfg, params = load_torch_checkpoint(args.from_torch, args.kv_mode, **overrides)
+  else:
+    cfg, params = load_npz(args.from_npz, args.kv_mode, **overrides)
+  checkpoint.save_model(args.workdir, cfg, params)
+  print(f"wrote {cfg.mechanism} model ({cfg.n_layer}L/{cfg.n_head}H/{cfg.d_model}, compat={cfg.compat}) "
+        f"to {args.workdir}/{checkpoint.CHECKPOINT_DIR}")
+
+
+if __name__ == "__main__":
+  main()
