@@ -28,6 +28,7 @@ setup(
         "absl-py>=2.1",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "grain>=0.2.10",
     ],
     extras_require={
         "test": [
@@ -37,7 +38,11 @@ setup(
             "chex>=0.1.87",
         ],
         "tpu": ["jax[tpu]>=0.10.2"],
-        "tfds": ["tensorflow-datasets>=4.9"],
+        # importlib_resources: tensorflow-datasets 4.9.10 imports it when building a
+        # dataset defined in an installed package but only declares it for Python < 3.9.
+        "tfds": ["tensorflow-datasets>=4.9", "importlib_resources>=5"],
+        # A locally trained byte-level BPE (tensorcache.data.tokenizers.BPETokenizer).
+        "bpe": ["tokenizers>=0.15"],
         "notebook": [
             "nbclient>=0.10",
             "ipykernel>=6.29",
