@@ -72,10 +72,15 @@ def config_from_reference(ref: Mapping[str, Any], kv_mode: str | None = None, **
   fields = {ours: ref[theirs] for theirs, ours in _RENAMED.items() if theirs in ref}
   mechanism = {"full_kv": "full", "window_kv": "window", "streaming_llm": "sinks",
                "infini": "infini", "tc": "tc"}[kv_mode]
+  sinks = int(ref.get("kv_num_sinks", 0))
+  if mechanism in ("window", "tc", "infini") and sinks > 0:
+    raise ValueError(
+        f"Unsupported reference setting kv_num_sinks={sinks} with kv_mode {kv_mode!r}: sinks are "
+        "implemented for streaming_llm only.")
   fields.update(
       mechanism=mechanism, window=int(ref.get("kv_window", 512)), compat="reference",
       train_window=mechanism in ("tc", "infini"), max_len=int(ref.get("block_size", 1024)),
-      num_sinks=4 if mechanism == "sinks" else int(ref.get("kv_num_sinks", 0)) or 4)
+      num_sinks=sinks or 4)  # the reference's streaming_llm preset uses 4
   # Its two-timescale training scan writes chunk means on insert; one timescale, the weighted sum.
   if fields.get("two_timescales"):
     fields.update(memory_mode="chunk_mean", chunk_mean_feed="insert")
@@ -120,6 +125,8 @@ def params_from_state_dict(state_dict: Mapping[str, Any], cfg: ModelConfig) -> d
       continue  # tied to the embedding
     elif name == "transformer.ln_f.weight":
       put(("ln_f", "scale"), value)
+    elif (m := re.fullmatch(r"transformer\.h\.(\d+)\.(attn\.tc.*)", name)) and not cfg.has_memory(int(m.group(1))):
+      continue  # the reference builds memory parameters in every layer; tc_layers leaves these unused
     elif (m := re.fullmatch(r"transformer\.h\.(\d+)\.(.+)\.(weight|bias)", name)) and m.group(2) in _LINEAR:
       layer, mod, kind = m.groups()
       sub = _LINEAR[mod]
