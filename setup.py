@@ -27,6 +27,7 @@ setup(
         "jaxtyping>=0.2.36",
         "absl-py>=2.1",
         "tqdm>=4.66",
+        "tensorboardX>=2.6",
         "matplotlib>=3.8",
         "grain>=0.2.10",
     ],

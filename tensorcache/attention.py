@@ -109,6 +109,7 @@ def chunked_window_attention(
   k_pos_pad = jnp.where(k_pos_pad < T, k_pos_pad, -1)  # padded tail keys are invalid
   q_blocks = pad(q_BTHD, 0).reshape(B, nb, Q, H, D).swapaxes(0, 1)
   qs_blocks = None if q_sink_BTHD is None else pad(q_sink_BTHD, 0).reshape(B, nb, Q, H, D).swapaxes(0, 1)
+  num_sinks = min(num_sinks, T)  # a sequence shorter than the sinks holds only T of them
   sink_pos = jnp.arange(num_sinks)
   k_sink, v_sink = k_BTHD[:, :num_sinks], v_BTHD[:, :num_sinks]
 

@@ -1,0 +1,166 @@
+"""Device mesh, parameter sharding rules and batch sharding: the one module that knows devices.
+
+Modules never see a mesh (STYLE.md habit 12). The trainer asks this module for:
+
+- ``make_mesh(data, fsdp)``: a ``("data", "fsdp")`` mesh over all devices (1 or many hosts);
+- ``tree_shardings(tree, mesh)``: one ``NamedSharding`` per leaf of a parameter or optimiser
+  state tree, chosen by the leaf's *name* through ``RULES``. FSDP shards a matrix along its
+  largest axis divisible by the ``fsdp`` size (replicated when none is); named small vectors
+  and counters are replicated explicitly. A leaf that no rule names raises
+  ``UnmatchedParameterError`` instead of being silently replicated: a new parameter must be
+  given a rule here;
+- ``batch_sharding(mesh)`` / ``shard_batch``: batches split over ``data x fsdp`` on their
+  leading axis, assembled from each process's local rows.
+
+Version-sensitive calls (mesh axis types) live here only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA, FSDP = "data", "fsdp"
+AXES = (DATA, FSDP)
+BATCH = (DATA, FSDP)  # the batch axis is split over both mesh axes
+
+SHARD, REPLICATE = "fsdp", "replicate"
+
+
+class UnmatchedParameterError(ValueError):
+  """A parameter (or optimiser-state leaf) that no sharding rule names."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """``pattern`` is searched in the leaf's ``/``-joined path (``params/blocks_0/attn/gate``).
+
+  ``SHARD``: FSDP over the largest axis divisible by the fsdp size. ``REPLICATE``: a copy
+  on every device; only for leaves of at most ``max_ndim`` dimensions, so a matrix that
+  happens to share a vector's name is not replicated by accident.
+  """
+  pattern: str
+  kind: str
+  max_ndim: int | None = None
+
+
+RULES: tuple[Rule, ...] = (
+    # Matrices: every Dense kernel (c_attn, c_proj, tc_proj, gate_proj, mlp fc / proj) and
+    # the tied token embedding / LM head.
+    Rule(r"(^|/)kernel$", SHARD),
+    Rule(r"(^|/)embedding$", SHARD),
+    # Small vectors: LayerNorm scales, biases, the memory's per-head decay / write-rate
+    # logits, the two-timescale mix, the scalar gate, Infini-attention's beta.
+    Rule(r"(^|/)(scale|bias)$", REPLICATE, max_ndim=1),
+    Rule(r"(^|/)(decay|lr|decay_slow|lr_slow|alpha)_logit$", REPLICATE, max_ndim=1),
+    Rule(r"(^|/)(gate|beta)$", REPLICATE, max_ndim=1),
+    # Optimiser counters (optax ``count``).
+    Rule(r"(^|/)count$", REPLICATE, max_ndim=0),
+)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ``("data", "fsdp")`` mesh; ``-1`` on one axis takes the devices left over.
+
+  Uses the topology-aware device order where the platform has one (TPU), a plain reshape
+  elsewhere. Axis types are ``Auto`` (GSPMD propagation), whatever jax's default.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  if data == -1 and fsdp == -1:
+    raise ValueError("At most one mesh axis may be -1.")
+  if data == -1:
+    data = n // fsdp if fsdp > 0 and n % fsdp == 0 else 0
+  elif fsdp == -1:
+    fsdp = n // data if data > 0 and n % data == 0 else 0
+  if data <= 0 or fsdp <= 0 or data * fsdp != n:
+    raise ValueError(f"mesh data={data} x fsdp={fsdp} does not cover the {n} devices.")
+  try:
+    from jax.experimental import mesh_utils
+    grid = mesh_utils.create_device_mesh((data, fsdp), devices)
+  except Exception:  # noqa: BLE001 - no topology information (CPU, some GPU hosts)
+    grid = np.asarray(devices).reshape(data, fsdp)
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  return Mesh(grid, AXES, axis_types=auto)
+
+
+def path_name(path) -> str:
+  """``params/blocks_0/attn/gate`` for a ``jax.tree_util`` key path."""
+  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+
+
+def leaf_spec(name: str, shape: Sequence[int], fsdp_size: int, rules: Sequence[Rule] = RULES) -> P:
+  """The partition spec the first matching rule gives a leaf; raises if none matches."""
+  for rule in rules:
+    if not re.search(rule.pattern, name):
+      continue
+    if rule.kind == REPLICATE:
+      if rule.max_ndim is not None and len(shape) > rule.max_ndim:
+        raise UnmatchedParameterError(
+            f"{name} {tuple(shape)} matches replicate rule {rule.pattern!r}, which only takes "
+            f"leaves of ndim <= {rule.max_ndim}; give it a rule in tensorcache/sharding.py.")
+      return P()
+    axes = [None] * len(shape)
+    if fsdp_size > 1:
+      for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+        if shape[axis] % fsdp_size == 0:
+          axes[axis] = FSDP
+          break
+    return P(*axes)
+  raise UnmatchedParameterError(
+      f"No sharding rule for {name} {tuple(shape)}. Add one to RULES in tensorcache/sharding.py "
+      f"(rules: {[r.pattern for r in rules]}).")
+
+
+def tree_specs(tree, mesh: Mesh, rules: Sequence[Rule] = RULES):
+  """Partition specs for every leaf of ``tree`` (arrays or ``ShapeDtypeStruct``s)."""
+  fsdp_size = mesh.shape[FSDP]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: leaf_spec(path_name(path), x.shape, fsdp_size, rules), tree)
+
+
+def tree_shardings(tree, mesh: Mesh, rules: Sequence[Rule] = RULES):
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), tree_specs(tree, mesh, rules),
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def constrain(tree, mesh: Mesh, rules: Sequence[Rule] = RULES):
+  """Inside ``jit``: pins every leaf of a parameter / optimiser tree to its rule's sharding."""
+  return jax.lax.with_sharding_constraint(tree, tree_shardings(tree, mesh, rules))
+
+
+def batch_spec(ndim: int, leading: int = 0) -> P:
+  """Batch axis ``leading`` split over ``data x fsdp``; other axes whole."""
+  axes: list[Any] = [None] * ndim
+  axes[leading] = BATCH
+  return P(*axes)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  return NamedSharding(mesh, batch_spec(ndim))
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """Number of pieces the batch axis is split into."""
+  return mesh.shape[DATA] * mesh.shape[FSDP]
+
+
+def constrain_batch(x, mesh: Mesh, leading: int = 0):
+  """Inside ``jit``: keeps axis ``leading`` of ``x`` split over ``data x fsdp``."""
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, batch_spec(x.ndim, leading)))
+
+
+def shard_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Global batch arrays from this process's rows (every process passes its own slice, in
+  process order; a single process passes the whole batch)."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
+          for k, v in local.items()}
