@@ -121,20 +121,22 @@ def write_csv(path: str, rows: list[dict]) -> None:
     writer.writerows(rows)
 
 
-flags.DEFINE_string("workdir", None, "Checkpoint directory (train or convert output).")
-flags.DEFINE_string("source", "stdlib", f"Data source: one of {data.SOURCES}.")
-flags.DEFINE_string("path", "", "Data path (dir / tfds sources).")
-flags.DEFINE_string("tokenizer", "byte", "Tokenizer for corpora.")
-flags.DEFINE_list("context_lengths", ["512", "2048"], "Streamed window lengths (NLL).")
-flags.DEFINE_integer("num_windows", 8, "Evaluation windows per context length.")
-flags.DEFINE_list("multiples", ["1", "4"], "Distance bins for NLL, in window multiples.")
-flags.DEFINE_integer("min_len", None, "Keep documents shorter than the context down to this length.")
-flags.DEFINE_list("num_pairs", ["16"], "Recall: numbers of stored pairs to evaluate.")
-flags.DEFINE_integer("distance", 64, "Recall: filler tokens before the first query (min).")
-flags.DEFINE_integer("distance_max", 0, "Recall: maximum filler (0: fixed distance).")
-flags.DEFINE_integer("seq_len", 512, "Recall: example length.")
-flags.DEFINE_integer("chunk", 256, "Prefill chunk.")
-flags.DEFINE_string("output", "", "CSV path (default: <workdir>/eval_<nll|recall>.csv).")
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (importing defines none)."""
+  flags.DEFINE_string("workdir", None, "Checkpoint directory (train or convert output).")
+  flags.DEFINE_string("source", "stdlib", f"Data source: one of {data.SOURCES}.")
+  flags.DEFINE_string("path", "", "Data path (dir / tfds sources).")
+  flags.DEFINE_string("tokenizer", "byte", "Tokenizer for corpora.")
+  flags.DEFINE_list("context_lengths", ["512", "2048"], "Streamed window lengths (NLL).")
+  flags.DEFINE_integer("num_windows", 8, "Evaluation windows per context length.")
+  flags.DEFINE_list("multiples", ["1", "4"], "Distance bins for NLL, in window multiples.")
+  flags.DEFINE_integer("min_len", None, "Keep documents shorter than the context down to this length.")
+  flags.DEFINE_list("num_pairs", ["16"], "Recall: numbers of stored pairs to evaluate.")
+  flags.DEFINE_integer("distance", 64, "Recall: filler tokens before the first query (min).")
+  flags.DEFINE_integer("distance_max", 0, "Recall: maximum filler (0: fixed distance).")
+  flags.DEFINE_integer("seq_len", 512, "Recall: example length.")
+  flags.DEFINE_integer("chunk", 256, "Prefill chunk.")
+  flags.DEFINE_string("output", "", "CSV path (default: <workdir>/eval_<nll|recall>.csv).")
 
 
 def main(argv):
@@ -162,4 +164,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -15,17 +15,6 @@ from tensorcache import checkpoint, inference
 from tensorcache.data import get_tokenizer
 from tensorcache.model import GPT
 
-flags.DEFINE_string("workdir", None, "Directory holding the checkpoint (train or convert output).", required=True)
-flags.DEFINE_string("prompt", "\n", "Prompt text.")
-flags.DEFINE_integer("max_tokens", 200, "Tokens to generate.")
-flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 is greedy.")
-flags.DEFINE_integer("top_k", None, "Sample among the k most likely tokens.")
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_integer("num_samples", 1, "Independent samples (a batch).")
-flags.DEFINE_string("tokenizer", "byte", "Tokenizer: 'byte' or 'bpe'.")
-flags.DEFINE_string("tokenizer_path", None, "Saved BPE tokenizer file (for --tokenizer=bpe).")
-FLAGS = flags.FLAGS
-
 
 def sample_text(workdir: str, prompt: str, max_tokens: int, *, temperature: float, top_k: int | None,
                 seed: int = 0, num_samples: int = 1, tokenizer=None) -> list[str]:
@@ -41,14 +30,28 @@ def sample_text(workdir: str, prompt: str, max_tokens: int, *, temperature: floa
   return [tokenizer.decode(np.asarray(row[ids.size:])) for row in out]
 
 
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (importing defines none)."""
+  flags.DEFINE_string("workdir", None, "Directory holding the checkpoint (train or convert output).", required=True)
+  flags.DEFINE_string("prompt", "\n", "Prompt text.")
+  flags.DEFINE_integer("max_tokens", 200, "Tokens to generate.")
+  flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 is greedy.")
+  flags.DEFINE_integer("top_k", None, "Sample among the k most likely tokens.")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_integer("num_samples", 1, "Independent samples (a batch).")
+  flags.DEFINE_string("tokenizer", "byte", "Tokenizer: 'byte' or 'bpe'.")
+  flags.DEFINE_string("tokenizer_path", None, "Saved BPE tokenizer file (for --tokenizer=bpe).")
+
+
 def main(argv):
   del argv
-  tokenizer = get_tokenizer(FLAGS.tokenizer, FLAGS.tokenizer_path)
-  texts = sample_text(FLAGS.workdir, FLAGS.prompt, FLAGS.max_tokens, temperature=FLAGS.temperature,
-                      top_k=FLAGS.top_k, seed=FLAGS.seed, num_samples=FLAGS.num_samples, tokenizer=tokenizer)
+  tokenizer = get_tokenizer(flags.FLAGS.tokenizer, flags.FLAGS.tokenizer_path)
+  texts = sample_text(flags.FLAGS.workdir, flags.FLAGS.prompt, flags.FLAGS.max_tokens, temperature=flags.FLAGS.temperature,
+                      top_k=flags.FLAGS.top_k, seed=flags.FLAGS.seed, num_samples=flags.FLAGS.num_samples, tokenizer=tokenizer)
   for i, text in enumerate(texts):
-    print(f"--- sample {i} ---\n{FLAGS.prompt}{text}")
+    print(f"--- sample {i} ---\n{flags.FLAGS.prompt}{text}")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
