@@ -278,3 +278,16 @@ def set_aside(mngr: ocp.CheckpointManager, steps: list[int]) -> None:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("tensorcache_set_aside_checkpoints")
   mngr.reload()
+
+
+def load_run_config(workdir: str) -> dict | None:
+  """The run config (``configs/base.py`` layout, as a dict) saved with the newest trainer
+  checkpoint in ``workdir``; None for checkpoints without one (e.g. converted)."""
+  mngr = manager(workdir, max_to_keep=None)
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      meta = mngr.restore(step, args=ocp.args.Composite(train=ocp.args.JsonRestore()))["train"]
+    except Exception:  # noqa: BLE001 - no trainer record at this step
+      continue
+    return meta.get("config")
+  return None

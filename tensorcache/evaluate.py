@@ -124,7 +124,7 @@ def write_csv(path: str, rows: list[dict]) -> None:
 def _define_flags() -> None:
   """Command-line flags, defined only when run as a program (importing defines none)."""
   flags.DEFINE_string("workdir", None, "Checkpoint directory (train or convert output).")
-  flags.DEFINE_string("source", "stdlib", f"Data source: one of {data.SOURCES}.")
+  flags.DEFINE_string("source", "stdlib", f"Data source: one of {data.SOURCES} (default: the run's).")
   flags.DEFINE_string("path", "", "Data path (dir / tfds sources).")
   flags.DEFINE_string("tokenizer", "byte", "Tokenizer for corpora.")
   flags.DEFINE_list("context_lengths", ["512", "2048"], "Streamed window lengths (NLL).")
@@ -134,7 +134,7 @@ def _define_flags() -> None:
   flags.DEFINE_list("num_pairs", ["16"], "Recall: numbers of stored pairs to evaluate.")
   flags.DEFINE_integer("distance", 64, "Recall: filler tokens before the first query (min).")
   flags.DEFINE_integer("distance_max", 0, "Recall: maximum filler (0: fixed distance).")
-  flags.DEFINE_integer("seq_len", 512, "Recall: example length.")
+  flags.DEFINE_integer("seq_len", 512, "Recall: example length (default: the run's).")
   flags.DEFINE_integer("chunk", 256, "Prefill chunk.")
   flags.DEFINE_string("output", "", "CSV path (default: <workdir>/eval_<nll|recall>.csv).")
 
@@ -145,12 +145,19 @@ def main(argv):
   if not f.workdir:
     raise app.UsageError("--workdir is required (a checkpoint directory).")
   cfg, params, step = checkpoint.load_model(f.workdir)
-  base = {"source": f.source, "path": f.path, "tokenizer": f.tokenizer}
-  if f.source in data.TASKS:
+  # The data section of the training run (when there is one), then the flags given explicitly.
+  run = checkpoint.load_run_config(f.workdir) or {}
+  base = dict(run.get("data", {}))
+  for name in ("source", "path", "tokenizer", "distance", "distance_max"):
+    if f[name].present or name not in base:
+      base[name] = f[name].value
+  seq_len = f.seq_len if f["seq_len"].present else run.get("train", {}).get("seq_len", f.seq_len)
+  if base["source"] in data.TASKS:
     rows = []
-    for n in f.num_pairs:
-      dc = dict(base, num_pairs=int(n), distance=f.distance, distance_max=f.distance_max)
-      rows += recall_accuracy(cfg, params, dc, seq_len=f.seq_len, num_examples=f.num_windows, chunk=f.chunk)
+    pairs = f.num_pairs if f["num_pairs"].present or "num_pairs" not in base else [base["num_pairs"]]
+    for n in pairs:
+      dc = dict(base, num_pairs=int(n))
+      rows += recall_accuracy(cfg, params, dc, seq_len=seq_len, num_examples=f.num_windows, chunk=f.chunk)
     name = "recall"
   else:
     rows = evaluate_nll(cfg, params, base, [int(x) for x in f.context_lengths], num_windows=f.num_windows,
