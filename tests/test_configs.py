@@ -1,4 +1,4 @@
-"""Every config file under configs/ loads through the real command-line path (every
+"""Every config file under configs/ and experiments/ loads through the real command-line path (every
 argument its ``sweep()`` lists), overrides with typos fail with a suggestion, and each run
 config's tiny variant (``configs/base.py:smoke``) trains 2 steps on CPU."""
 
@@ -23,7 +23,9 @@ from tensorcache.config import ModelConfig
 from configs import base  # noqa: E402  (test_train puts the repository root on sys.path)
 
 CONFIG_DIR = ROOT / "configs"
-CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("**/*.py") if p.name != "__init__.py")
+# Run configs and experiment configs (one file per paper table/figure, arms from sweep()).
+CONFIG_FILES = sorted(p for d in (CONFIG_DIR, ROOT / "experiments") for p in d.glob("**/*.py")
+                      if p.name != "__init__.py")
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 # ml_collections' config_flags loads config files with the deprecated importlib load_module.
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module\\(\\) method is deprecated:DeprecationWarning")
