@@ -217,6 +217,21 @@ def test_sinks_with_memory_rejected(mode):
     convert.config_from_reference(_small_ref(mode, kv_num_sinks=2), kv_mode=mode)
 
 
+def test_convert_cli_checkpoint_loads_in_evaluate_and_sample(tmp_path):
+  """``python -m tensorcache.convert`` writes a checkpoint that ``load_model`` (evaluate's and
+  sample's loader) restores to the same logits, and that ``sample`` runs from."""
+  from tensorcache import checkpoint, evaluate, sample
+
+  z, _, _ = _golden()
+  convert.main(["--from-npz", str(DATA), "--workdir", str(tmp_path)])
+  cfg, params, step = checkpoint.load_model(str(tmp_path))
+  assert step == 0 and cfg.compat == "reference"
+  assert _max_err(_ours_parallel(cfg, params, z["tokens"]), z["logits_full"]) <= TOL
+  assert len(sample.sample_text(str(tmp_path), "ab", 5, temperature=0.0, top_k=None)[0]) > 0
+  logp = evaluate.streaming_logprobs(GPT(cfg), params, z["tokens"][:, :-1], z["tokens"][:, 1:], chunk=8)
+  assert logp.shape == (1, 95) and np.all(logp < 0)
+
+
 # -------------------------------------------------------------------------------------------
 # 3. Errors and the .pt route
 # -------------------------------------------------------------------------------------------
