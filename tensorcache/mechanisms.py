@@ -123,6 +123,7 @@ def tc_extend(q, k_evict, v_evict, valid, mp: MemoryParams, state: cache_lib.Mem
   """Per-token memory semantics over a chunk: step ``i`` writes evicted pair ``i`` (if
   ``valid``) and reads ``q_i``, after the write (exact) or before it (reference order)."""
   qm, kh, vm = _prepare(q, k_evict, v_evict, cfg)
+  kh = kh * valid[None, :, None, None]  # nothing evicted at these steps: write nothing
   read_first = cfg.compat == "reference"
   reads, new = [], []
   for log_lam, eta, A, z in _timescales(mp, state):

@@ -13,7 +13,8 @@ reference's streaming order). Eviction-fed training aligns the stream by ``shift
 (step ``i`` writes token ``i`` and reads query ``i + W``).
 
 Decay is carried as a per-step log decay ``g[i, h]`` (``log lam``, or 0 on padding and
-invalid steps, which then leave the state untouched) and powers are ``exp(sum g)`` in float32.
+invalid steps, whose pairs are zero, so they leave the state untouched) and powers are
+``exp(sum g)`` in float32.
 
 Implementations:
 
@@ -216,7 +217,7 @@ def chunk_start_scan(
       z = lam[..., 0] * z + eta[..., 0] * kbar
     else:
       G = jnp.cumsum(gc, axis=0)
-      w = jnp.exp(G[-1][None, :] - G)[None, :, :, None]  # [1,C,H,1]
+      w = (jnp.exp(G[-1][None, :] - G) * vm)[None, :, :, None]  # [1,C,H,1]; empty steps write 0
       if rule == "delta":
         vc = vc - jnp.einsum("bjhd,bhde->bjhe", kc, A)
       upd = jnp.einsum("bjhd,bjhe->bhde", kc * w, vc)

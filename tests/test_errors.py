@@ -1,0 +1,159 @@
+"""Misuse fails early with a message that says what is wrong (and, where possible, the fix)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from tensorcache import dispatch, inference, memory
+from tensorcache.config import ModelConfig
+
+from _util import B, VOCAB, init_model, normal, small_config, tokens
+
+
+# ------------------------------------------------------------------ config validation
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("mechanism", "windw", r"Unknown mechanism 'windw'.*did you mean 'window'"),
+    ("mechanism", "tensor_cache", r"Unknown mechanism 'tensor_cache'"),
+    ("rule", "deltas", r"Unknown rule 'deltas'.*did you mean 'delta'"),
+    ("rule", "hebbian", r"Unknown rule 'hebbian'; choose one of \('outer', 'delta', 'wedge'\)"),
+    ("memory_mode", "exactly", r"Unknown memory_mode 'exactly'.*did you mean 'exact'"),
+    ("memory_mode", "mean", r"Unknown memory_mode 'mean'"),
+    ("infini_rule", "outer", r"Unknown infini_rule 'outer'"),
+    ("impl", "pallas_gpu", r"Unknown impl 'pallas_gpu'"),
+])
+def test_unknown_choice(field, value, match):
+  with pytest.raises(ValueError, match=match):
+    ModelConfig(**{field: value})
+
+
+@pytest.mark.parametrize("mechanism", ["window", "sinks", "infini", "tc"])
+@pytest.mark.parametrize("window", [0, -3])
+def test_windowed_mechanism_needs_positive_window(mechanism, window):
+  with pytest.raises(ValueError, match=rf"mechanism '{mechanism}' needs window > 0 \(got {window}\)"):
+    ModelConfig(mechanism=mechanism, window=window)
+
+
+def test_full_attention_ignores_window():
+  assert ModelConfig(mechanism="full", window=0).l1_window(training=False) is None
+
+
+@pytest.mark.parametrize("num_sinks,window", [(8, 8), (9, 8), (0, 8), (-1, 8)])
+def test_sinks_must_fit_in_window(num_sinks, window):
+  with pytest.raises(ValueError, match=r"sinks needs 0 < num_sinks < window"):
+    ModelConfig(mechanism="sinks", num_sinks=num_sinks, window=window)
+  ModelConfig(mechanism="tc", num_sinks=num_sinks, window=window)  # only sinks uses num_sinks
+
+
+def test_d_model_divisible_by_n_head():
+  with pytest.raises(ValueError, match=r"d_model=30 is not divisible by n_head=4"):
+    ModelConfig(d_model=30, n_head=4)
+
+
+def test_replace_unknown_field_names_close_match():
+  cfg = small_config()
+  with pytest.raises(ValueError, match=r"Unknown ModelConfig field\(s\) \['windw'\].*'window'"):
+    cfg.replace(windw=1)
+  with pytest.raises(ValueError, match=r"unknown_field"):
+    cfg.replace(unknown_field=1)
+
+
+def test_replace_validates_new_values():
+  with pytest.raises(ValueError, match=r"needs window > 0"):
+    small_config().replace(window=0)
+  assert small_config().replace(window=4).window == 4
+
+
+def test_memory_functions_reject_unknown_rule():
+  x = normal(0, (1, 5, 2, 4))
+  g = jnp.zeros((5, 2))
+  eta = jnp.full((2,), 0.1)
+  A = normal(1, (1, 2, 4, 4))
+  msg = r"Unknown memory write rule 'hebb'; choose one of \('outer', 'delta', 'wedge'\)"
+  with pytest.raises(ValueError, match=msg):
+    memory.memory_recurrence(x, x, x, g, eta, A, "hebb")
+  with pytest.raises(ValueError, match=msg):
+    memory.memory_scan(x, x, x, g, eta, A, "hebb", 4)
+  with pytest.raises(ValueError, match=msg):
+    memory.chunk_start_scan(x, x, x, g[0], jnp.ones((5,), bool), eta, A, "hebb", 4, mean=False)
+
+
+def test_unknown_impl_in_dispatch():
+  with pytest.raises(ValueError, match="pallas_tpu"):
+    dispatch.resolve("pallas_tpu")
+
+
+# ------------------------------------------------------------------ token ids
+
+
+@pytest.fixture(scope="module")
+def window_model():
+  return init_model(small_config(mechanism="window"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def full_model():
+  return init_model(small_config(mechanism="full", max_len=16), seed=0)
+
+
+BAD_IDS = {"too_large": VOCAB, "negative": -1}
+
+
+@pytest.mark.parametrize("bad", list(BAD_IDS))
+def test_bad_token_ids(window_model, bad):
+  model, params = window_model
+  toks = tokens(1, B, 12).at[1, 5].set(BAD_IDS[bad])
+  match = rf"token ids must lie in \[0, {VOCAB}\)"
+  with pytest.raises(ValueError, match=match):
+    model.apply(params, toks)
+  with pytest.raises(ValueError, match=match):
+    inference.decode_step(model, params, inference.init_cache(model.cfg, B), toks[:, 5])
+  with pytest.raises(ValueError, match=match):
+    inference.prefill(model, params, toks, chunk=4)
+  with pytest.raises(ValueError, match=match):
+    inference.generate(model, params, toks, 3, jax.random.PRNGKey(0))
+
+
+def test_float_token_ids_rejected(window_model):
+  model, params = window_model
+  with pytest.raises(TypeError, match="token ids must be integers"):
+    model.apply(params, jnp.ones((B, 4), jnp.float32))
+
+
+# ------------------------------------------------------------------ full-attention capacity
+
+
+def test_full_cache_capacity_prefill(full_model):
+  model, params = full_model
+  match = r"sequence of 17 tokens exceeds the full-attention cache capacity max_len=16"
+  with pytest.raises(ValueError, match=match):
+    inference.prefill(model, params, tokens(2, B, 17), chunk=4)
+  _, cache = inference.prefill(model, params, tokens(3, B, 10), chunk=4)
+  with pytest.raises(ValueError, match=r"sequence of 17 tokens exceeds"):
+    inference.prefill(model, params, tokens(4, B, 7), cache, chunk=4)
+
+
+def test_full_cache_capacity_generate(full_model):
+  model, params = full_model
+  with pytest.raises(ValueError, match=r"sequence of 17 tokens exceeds .* max_len=16"):
+    inference.generate(model, params, tokens(5, B, 10), 7, jax.random.PRNGKey(0))
+
+
+def test_full_cache_capacity_decode_step(full_model):
+  model, params = full_model
+  cache = inference.init_cache(model.cfg, B)
+  toks = tokens(6, B, 17)
+  for t in range(16):  # exactly max_len tokens fit
+    logits, cache = inference.decode_step(model, params, cache, toks[:, t])
+  assert bool(jnp.all(jnp.isfinite(logits)))
+  with pytest.raises(ValueError, match=r"sequence of 17 tokens exceeds .* max_len=16"):
+    inference.decode_step(model, params, cache, toks[:, 16])
+
+
+def test_bounded_mechanisms_have_no_capacity_limit(window_model):
+  model, params = window_model
+  logits, cache = inference.prefill(model, params, tokens(7, B, 3 * model.cfg.max_len), chunk=64)
+  assert int(cache.pos) == 3 * model.cfg.max_len and bool(jnp.all(jnp.isfinite(logits)))

@@ -1,0 +1,299 @@
+"""L2 memory (METHOD.md §1, §5, §6.1, §7): the chunked scans against per-token oracles.
+
+Inputs are fresh ``jax.random`` draws (never zeros): random initial states, keys already
+L2-normalised as the model writes them, decays and rates drawn per head.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tensorcache import mechanisms, memory
+from tensorcache.config import ModelConfig
+
+from _util import assert_close, assert_differs, normal
+
+B, T, H, D, C = 2, 37, 2, 8, 4  # T is not a multiple of C
+RULES = ("outer", "delta", "wedge")
+
+
+def _stream(seed: int, T: int = T, D: int = D, invalid: bool = True):
+  """A random write stream: q, normalised k, v, per-head log decay / rate, a nonzero A0.
+
+  Invalid steps (nothing evicted yet) carry log decay 0 and a zero key, as the model's
+  evicted stream does (empty ring slots hold zeros).
+  """
+  ks = jax.random.split(jax.random.PRNGKey(seed), 7)
+  q = jax.random.normal(ks[0], (B, T, H, D))
+  k = memory.normalize_key(jax.random.normal(ks[1], (B, T, H, D)))
+  v = jax.random.normal(ks[2], (B, T, H, D))
+  lam = jax.random.uniform(ks[3], (H,), minval=0.7, maxval=0.99)
+  eta = jax.random.uniform(ks[4], (H,), minval=0.1, maxval=0.5)
+  A0 = 0.3 * jax.random.normal(ks[5], (B, H, D, D))
+  valid = jax.random.bernoulli(ks[6], 0.75, (T,)) if invalid else jnp.ones((T,), bool)
+  if invalid:
+    valid = valid.at[:3].set(False).at[T // 2].set(False)
+    k = k * valid[None, :, None, None]
+  return q, k, v, jnp.log(lam), eta, A0, valid
+
+
+# ------------------------------------------------------------------ small pure functions
+
+
+def test_normalize_key_unit_norm_and_float32():
+  k = normal(0, (3, 5, 16), 3.0).astype(jnp.bfloat16)
+  kn = memory.normalize_key(k)
+  assert kn.dtype == jnp.float32
+  k32 = np.asarray(k, np.float64)
+  norms = np.linalg.norm(k32, axis=-1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(kn), k32 / (norms + 1e-5), rtol=1e-6)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(kn), axis=-1), 1.0, atol=1e-5)
+
+
+def test_log_decay_zero_on_invalid_steps():
+  log_lam = jnp.log(jax.random.uniform(jax.random.PRNGKey(0), (H,), minval=0.5, maxval=0.99))
+  valid = jnp.array([False, True, True, False, True])
+  g = np.asarray(memory.log_decay(log_lam, valid))
+  assert g.shape == (5, H)
+  np.testing.assert_array_equal(g[~np.asarray(valid)], 0.0)
+  np.testing.assert_array_equal(g[np.asarray(valid)], np.broadcast_to(np.asarray(log_lam), (3, H)))
+
+
+@pytest.mark.parametrize("shift", [0, 1, 8, 36, 37, 50])
+def test_shift_queries_and_unshift_reads(shift):
+  x = normal(1, (B, T, H, D))
+  xs = memory.shift_queries(x, shift)
+  assert xs.shape == x.shape
+  n = max(T - shift, 0)
+  np.testing.assert_array_equal(xs[:, :n], x[:, shift:])
+  np.testing.assert_array_equal(xs[:, n:], 0.0)
+  back = memory.unshift_reads(xs, shift)
+  assert back.shape == x.shape
+  np.testing.assert_array_equal(back[:, shift:], x[:, shift:])
+  np.testing.assert_array_equal(back[:, :shift], 0.0)
+
+
+# ------------------------------------------------------------------ chunked exact scan
+
+
+@pytest.mark.parametrize("chunk", [C, 64], ids=lambda c: f"chunk{c}")
+@pytest.mark.parametrize("read_first", [False, True], ids=["write_then_read", "read_first"])
+@pytest.mark.parametrize("rule", RULES)
+def test_memory_scan_equals_per_token_recurrence(rule, read_first, chunk):
+  q, k, v, log_lam, eta, A0, valid = _stream(seed=100 * RULES.index(rule) + 10 * read_first + chunk)
+  g = memory.log_decay(log_lam, valid)
+  r_ref, A_ref = memory.memory_recurrence(q, k, v, g, eta, A0, rule, read_first)
+  r, A = jax.jit(memory.memory_scan, static_argnums=(6, 7, 8))(q, k, v, g, eta, A0, rule, chunk, read_first)
+  assert r.shape == (B, T, H, D) and A.shape == (B, H, D, D)
+  assert r.dtype == jnp.float32 and A.dtype == jnp.float32
+  assert_close(r, r_ref, 1e-5, "reads")
+  assert_close(A, A_ref, 1e-5, "final state")
+  # The tolerance discriminates: the other read order and a zero initial state are far off.
+  r_other, _ = memory.memory_recurrence(q, k, v, g, eta, A0, rule, not read_first)
+  assert_differs(r_other, r_ref, what="read order")
+  r_zero, _ = memory.memory_recurrence(q, k, v, g, eta, jnp.zeros_like(A0), rule, read_first)
+  assert_differs(r_zero, r_ref, what="initial state")
+
+
+def test_invalid_steps_leave_state_untouched():
+  """A step with log decay 0 and a zero key neither decays nor writes (all rules)."""
+  q, k, v, log_lam, eta, A0, _ = _stream(seed=3, invalid=False)
+  valid = jnp.zeros((T,), bool)
+  g = memory.log_decay(log_lam, valid)
+  for rule in RULES:
+    r, A = memory.memory_scan(q, jnp.zeros_like(k), v, g, eta, A0, rule, C)
+    assert_close(A, A0, 1e-6, rule)
+    assert_close(r, jnp.einsum("bthd,bhde->bthe", q, A0), 1e-5, rule)
+
+
+# ------------------------------------------------------------------ chunk-start scans (§6.1, §7)
+
+
+def _chunk_start_oracle(q, k, v, log_lam, valid, eta, A0, z0, rule, chunk):
+  """METHOD.md §6.1 by hand, float64: every step of chunk c reads A_c (and q . z_c);
+  ``A_{c+1} = lam^n A_c + eta sum_j lam^(n-1-j) k_j (x) u_j`` with the delta error
+  ``u_j = v_j - k_j A_c`` against the chunk-start state. A step that is not valid neither
+  writes nor decays (``n`` and the exponents count valid steps only)."""
+  q, k, v, A, z = (np.asarray(x, np.float64) for x in (q, k, v, A0, z0))
+  lam = np.exp(np.asarray(log_lam, np.float64))
+  eta = np.asarray(eta, np.float64)
+  valid = np.asarray(valid)
+  T = q.shape[1]
+  r = np.zeros_like(q)
+  qz = np.zeros(q.shape[:-1])
+  for start in range(0, T, chunk):
+    steps = range(start, min(start + chunk, T))
+    for t in steps:
+      r[:, t] = np.einsum("bhd,bhde->bhe", q[:, t], A)
+      qz[:, t] = np.einsum("bhd,bhd->bh", q[:, t], z)
+    written = [j for j in steps if valid[j]]
+    n = len(written)
+    upd = np.zeros_like(A)
+    dz = np.zeros_like(z)
+    for idx, j in enumerate(written):
+      w = (eta * lam ** (n - 1 - idx))[None, :]  # [1, H]
+      kj, vj = k[:, j], v[:, j]
+      if rule == "delta":
+        vj = vj - np.einsum("bhd,bhde->bhe", kj, A)
+      term = kj[..., :, None] * vj[..., None, :]
+      if rule == "wedge":
+        term = term - vj[..., :, None] * kj[..., None, :]
+      upd += w[..., None, None] * term
+      dz += w[..., None] * kj
+    A = (lam ** n)[None, :, None, None] * A + upd
+    z = (lam ** n)[None, :, None] * z + dz
+  return r, qz, A, z
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_chunk_start_scan_reference_equals_hand_loop(rule):
+  q, k, v, log_lam, eta, A0, valid = _stream(seed=11, invalid=False)
+  z0 = normal(12, (B, H, D), 0.3)
+  r, qz, A, z = memory.chunk_start_scan(q, k, v, log_lam, valid, eta, A0, rule, C, mean=False, z_BHD=z0)
+  r_ref, qz_ref, A_ref, z_ref = _chunk_start_oracle(q, k, v, log_lam, valid, eta, A0, z0, rule, C)
+  assert_close(r, r_ref, 1e-5, "reads")
+  assert_close(qz, qz_ref, 1e-5, "q . z")
+  assert_close(A, A_ref, 1e-5, "final state")
+  assert_close(z, z_ref, 1e-5, "final z")
+  # Without z the memory outputs are the same and the normaliser outputs are None.
+  r2, qz2, A2, z2 = memory.chunk_start_scan(q, k, v, log_lam, valid, eta, A0, rule, C, mean=False)
+  assert qz2 is None and z2 is None
+  assert_close(r2, r_ref, 1e-5, "reads without z")
+  # Chunk-start reads are not per-token reads: the comparison can fail.
+  r_tok, _ = memory.memory_recurrence(q, k, v, memory.log_decay(log_lam, valid), eta, A0, rule, True)
+  assert_differs(r, r_tok, what="chunk-start vs per-token reads")
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_chunk_start_scan_reference_skips_invalid_steps(rule):
+  """Docstring contract: "Steps with valid_T false write nothing and do not decay", whatever
+  the key held at that step (here a random nonzero key)."""
+  q, k, v, log_lam, eta, A0, _ = _stream(seed=13, invalid=False)
+  valid = jax.random.bernoulli(jax.random.PRNGKey(14), 0.6, (T,)).at[:3].set(False)
+  z0 = normal(15, (B, H, D), 0.3)
+  r, qz, A, z = memory.chunk_start_scan(q, k, v, log_lam, valid, eta, A0, rule, C, mean=False, z_BHD=z0)
+  r_ref, qz_ref, A_ref, z_ref = _chunk_start_oracle(q, k, v, log_lam, valid, eta, A0, z0, rule, C)
+  assert_close(A, A_ref, 1e-5, "final state")
+  assert_close(z, z_ref, 1e-5, "final z")
+  assert_close(r, r_ref, 1e-5, "reads")
+  assert_close(qz, qz_ref, 1e-5, "q . z")
+
+
+@pytest.mark.parametrize("rule", ["outer", "wedge"])
+def test_chunk_start_scan_final_state_is_exact_for_linear_rules(rule):
+  """The weighted-sum carry equals per-token writes (§1: "equals per-token writes")."""
+  q, k, v, log_lam, eta, A0, valid = _stream(seed=17, invalid=False)
+  _, _, A, _ = memory.chunk_start_scan(q, k, v, log_lam, valid, eta, A0, rule, C, mean=False)
+  _, A_tok = memory.memory_recurrence(q, k, v, memory.log_decay(log_lam, valid), eta, A0, rule)
+  assert_close(A, A_tok, 1e-5, "final state")
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_chunk_mean_differs_from_per_token_writes(rule):
+  q, k, v, log_lam, eta, A0, valid = _stream(seed=19, invalid=False)
+  _, _, A_mean, _ = memory.chunk_start_scan(q, k, v, log_lam, valid, eta, A0, rule, C, mean=True)
+  _, _, A_ws, _ = memory.chunk_start_scan(q, k, v, log_lam, valid, eta, A0, rule, C, mean=False)
+  _, A_tok = memory.memory_recurrence(q, k, v, memory.log_decay(log_lam, valid), eta, A0, rule)
+  assert_differs(A_mean, A_tok, 0.1, "chunk mean vs per-token")
+  assert_differs(A_mean, A_ws, 0.1, "chunk mean vs weighted sum")
+
+
+def test_chunk_mean_decays_once_per_chunk():
+  """With zero writes, the shortcut decays by lam per chunk, the weighted sum by lam^C."""
+  _, _, _, log_lam, eta, A0, valid = _stream(seed=21, invalid=False)
+  zeros = jnp.zeros((B, T, H, D))
+  n_chunks = -(-T // C)
+  lam = np.exp(np.asarray(log_lam, np.float64))[None, :, None, None]
+  _, _, A_mean, _ = memory.chunk_start_scan(zeros, zeros, zeros, log_lam, valid, eta, A0, "outer", C, mean=True)
+  _, _, A_ws, _ = memory.chunk_start_scan(zeros, zeros, zeros, log_lam, valid, eta, A0, "outer", C, mean=False)
+  assert_close(A_mean, lam ** n_chunks * np.asarray(A0), 1e-5, "chunk mean decay")
+  assert_close(A_ws, lam ** T * np.asarray(A0), 1e-5, "per-token decay")
+
+
+@pytest.mark.parametrize("Cn", [4, 8])
+def test_chunk_mean_has_c2_minus_c_cross_terms(Cn):
+  """§1: ``kbar (x) vbar = (1/C^2) sum_i sum_j k_i (x) v_j``: C true pairs and C^2 - C
+  spurious ones, all weighted ``eta / C^2``; the exact write is diagonal in the pairs.
+
+  Keys and values are rows of random orthogonal matrices, so the coefficient of the pair
+  ``(i, j)`` in a state ``A`` is ``c_ij = <k_i (x) v_j, A>_F = k_i A v_j^T``.
+  """
+  Dn = 16
+  Qk, _ = np.linalg.qr(np.random.default_rng(Cn).normal(size=(Dn, Dn)))
+  Qv, _ = np.linalg.qr(np.random.default_rng(Cn + 1).normal(size=(Dn, Dn)))
+  keys, vals = Qk[:Cn].astype(np.float32), Qv[:Cn].astype(np.float32)  # orthonormal rows
+  k = jnp.asarray(keys)[None, :, None, :]  # [1, C, 1, D]
+  v = jnp.asarray(vals)[None, :, None, :]
+  q = normal(23, (1, Cn, 1, Dn))
+  lam, eta = 0.9, 0.3
+  log_lam, eta_H = jnp.log(jnp.array([lam])), jnp.array([eta])
+  A0 = jnp.zeros((1, 1, Dn, Dn))
+  valid = jnp.ones((Cn,), bool)
+
+  def coefficients(A):
+    return np.einsum("id,de,je->ij", keys.astype(np.float64), np.asarray(A[0, 0], np.float64),
+                     vals.astype(np.float64))
+
+  _, _, A_mean, _ = memory.chunk_start_scan(q, k, v, log_lam, valid, eta_H, A0, "outer", Cn, mean=True)
+  c = coefficients(A_mean)
+  off = ~np.eye(Cn, dtype=bool)
+  assert np.sum(np.abs(c[off]) > 1e-6) == Cn * Cn - Cn
+  np.testing.assert_allclose(c, eta / Cn**2, rtol=1e-5)  # true and spurious pairs alike
+  # The reconstruction is complete: A is exactly the sum of the C^2 pair terms.
+  recon = np.einsum("ij,id,je->de", c, keys.astype(np.float64), vals.astype(np.float64))
+  assert_close(recon, A_mean[0, 0], 1e-5, "pair expansion")
+
+  _, A_exact = memory.memory_recurrence(q, k, v, memory.log_decay(log_lam, valid), eta_H, A0, "outer")
+  c_exact = coefficients(A_exact)
+  np.testing.assert_allclose(c_exact[off], 0.0, atol=1e-6)
+  np.testing.assert_allclose(np.diag(c_exact), eta * lam ** (Cn - 1 - np.arange(Cn)), rtol=1e-5)
+
+
+# ------------------------------------------------------------------ exact training path (§5)
+
+
+def _naive_evicted_scan(q, k, v, lam_H, eta_H, rule: str, W: int):
+  """METHOD.md §5 by lax.scan over t: at step t >= W write token t - W, then read q_t."""
+  kh = memory.normalize_key(k)
+  kw = jnp.pad(kh, ((0, 0), (W, 0), (0, 0), (0, 0)))[:, : q.shape[1]]  # kw[:, t] = kh[:, t - W]
+  vw = jnp.pad(v, ((0, 0), (W, 0), (0, 0), (0, 0)))[:, : q.shape[1]]
+  lam = lam_H[None, :, None, None]
+  eta = eta_H[None, :, None, None]
+
+  def step(A, xs):
+    t, qt, kt, vt = xs
+    if rule == "outer":
+      upd = kt[..., :, None] * vt[..., None, :]
+    elif rule == "wedge":
+      upd = kt[..., :, None] * vt[..., None, :] - vt[..., :, None] * kt[..., None, :]
+    else:
+      upd = kt[..., :, None] * (vt - jnp.einsum("bhd,bhde->bhe", kt, A))[..., None, :]
+    A = jnp.where(t >= W, lam * A + eta * upd, A)
+    return A, jnp.einsum("bhd,bhde->bhe", qt, A)
+
+  A0 = jnp.zeros(q.shape[:1] + q.shape[2:] + q.shape[-1:])
+  xs = (jnp.arange(q.shape[1]),) + tuple(x.swapaxes(0, 1) for x in (q, kw, vw))
+  _, r = jax.lax.scan(step, A0, xs)
+  return r.swapaxes(0, 1)
+
+
+@pytest.mark.parametrize("impl", ["reference", "xla"])
+@pytest.mark.parametrize("rule", RULES)
+def test_exact_training_path_equals_naive_eviction_scan(rule, impl):
+  W = 8
+  cfg = ModelConfig(mechanism="tc", n_head=H, d_model=H * D, window=W, chunk=C, rule=rule, impl=impl)
+  ks = jax.random.split(jax.random.PRNGKey(31), 5)
+  q, k, v = (jax.random.normal(kk, (B, T, H, D)) for kk in ks[:3])
+  lam = jax.random.uniform(ks[3], (H,), minval=0.7, maxval=0.99)
+  eta = jax.random.uniform(ks[4], (H,), minval=0.1, maxval=0.5)
+  mp = mechanisms.MemoryParams(jnp.log(lam), eta)
+  r = jax.jit(mechanisms.tc_parallel, static_argnums=4)(q, k, v, mp, cfg)
+  r_ref = _naive_evicted_scan(q, k, v, lam, eta, rule, W)
+  np.testing.assert_array_equal(r[:, :W], 0.0)  # nothing evicted before step W
+  assert_close(r, r_ref, 1e-5, "reads")
+  # Off-by-one in the eviction delay would be caught.
+  assert_differs(_naive_evicted_scan(q, k, v, lam, eta, rule, W + 1), r_ref, what="W + 1 delay")
+  assert_differs(_naive_evicted_scan(q, k, v, lam, eta, rule, W - 1), r_ref, what="W - 1 delay")
