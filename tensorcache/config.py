@@ -17,6 +17,15 @@ DTYPES = ("float32", "bfloat16")
 IMPLS = ("auto", "reference", "xla")
 
 
+def check_fields(cls, given, what: str) -> None:
+  """Raises on names that are not fields of dataclass ``cls``, suggesting the closest."""
+  names = [f.name for f in dataclasses.fields(cls)]
+  unknown = sorted(set(given) - set(names))
+  if unknown:
+    hints = {u: difflib.get_close_matches(u, names, n=1) for u in unknown}
+    raise ValueError(f"Unknown {what} field(s) {unknown}; closest: {hints}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """A GPT with one long-context mechanism.
@@ -137,9 +146,5 @@ class ModelConfig:
     return recent
 
   def replace(self, **changes) -> "ModelConfig":
-    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-    if unknown:
-      names = [f.name for f in dataclasses.fields(self)]
-      hints = {u: difflib.get_close_matches(u, names, n=1) for u in unknown}
-      raise ValueError(f"Unknown ModelConfig field(s) {unknown}; closest: {hints}.")
+    check_fields(ModelConfig, changes, "ModelConfig")
     return dataclasses.replace(self, **changes)

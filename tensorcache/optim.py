@@ -8,13 +8,14 @@ step is compiled once per distinct value); ``optim_config`` is the one bridge to
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from tensorcache.config import check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +43,7 @@ class OptimConfig:
 def optim_config(section: Mapping[str, Any], total_steps: int) -> OptimConfig:
   """The bridge from a run config's ``optim`` section; resolves ``decay_steps=-1``."""
   values = dict(section.items())
-  names = [f.name for f in dataclasses.fields(OptimConfig)]
-  unknown = sorted(set(values) - set(names))
-  if unknown:
-    hints = {u: difflib.get_close_matches(u, names, n=1) for u in unknown}
-    raise ValueError(f"Unknown optim field(s) {unknown}; closest: {hints}.")
+  check_fields(OptimConfig, values, "optim")
   if values.get("decay_steps", -1) < 0:
     values["decay_steps"] = total_steps
   return OptimConfig(**values)

@@ -14,7 +14,6 @@ Entry point: ``train(config, workdir)`` with a run config of ``configs/base.py``
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import json
 import logging
@@ -31,7 +30,7 @@ import optax
 from jax.sharding import Mesh
 
 from tensorcache import checkpoint, metrics as metrics_lib, optim, sharding
-from tensorcache.config import ModelConfig
+from tensorcache.config import ModelConfig, check_fields
 from tensorcache.model import GPT
 
 f32 = jnp.float32
@@ -55,11 +54,7 @@ class DataIterator(Protocol):
 def model_config(section: Mapping[str, Any]) -> ModelConfig:
   """The one bridge from a run config's ``model`` section to the frozen ``ModelConfig``."""
   values = dict(section.items())
-  names = [f.name for f in dataclasses.fields(ModelConfig)]
-  unknown = sorted(set(values) - set(names))
-  if unknown:
-    hints = {u: difflib.get_close_matches(u, names, n=1) for u in unknown}
-    raise ValueError(f"Unknown model field(s) {unknown}; closest: {hints}.")
+  check_fields(ModelConfig, values, "model")
   return ModelConfig(**values)
 
 
