@@ -37,6 +37,7 @@ setup(
             "pytest-xdist>=3.5",
             "hypothesis>=6.100",
             "chex>=0.1.87",
+            "tokenizers>=0.15",  # the BPE tests
         ],
         "tpu": ["jax[tpu]>=0.10.2"],
         # importlib_resources: tensorflow-datasets 4.9.10 imports it when building a
