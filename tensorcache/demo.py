@@ -67,6 +67,7 @@ def _define_flags() -> None:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # keep the table readable (orbax logs every save)
   f = flags.FLAGS
   exp = _experiment()
   os.makedirs(f.workdir, exist_ok=True)
@@ -85,7 +86,7 @@ def main(argv):
     acc = {r["distance_lo_W"]: r for r in split}
     table.append((arm, acc[0]["accuracy"], acc[0]["answers"], acc[1]["accuracy"], acc[1]["answers"],
                   cache_bytes(cfg, config.train.seq_len), cache_bytes(cfg, 1 << 20), seconds))
-    logging.info("%s done in %.0f s", arm, seconds)
+    print(f"{arm}: trained {config.train.steps} steps in {seconds:.0f} s", flush=True)
   evaluate.write_csv(os.path.join(f.workdir, "recall_demo.csv"), csv_rows)
   png = os.path.join(f.workdir, "recall_demo.png")
   _plot(png, curves, cfg.window)

@@ -83,8 +83,9 @@ def _combine(mp: MemoryParams, reads):
   return r
 
 
-def tc_parallel(q, k, v, mp: MemoryParams, cfg: ModelConfig) -> Float[Array, "B T H D"]:
-  """Training reads of the memory for every position, per ``cfg.memory_mode``.
+def tc_parallel(q, k, v, mp: MemoryParams, cfg: ModelConfig):
+  """Training reads of the memory for every position, per ``cfg.memory_mode``, and the
+  memory state after the last position (its mean Frobenius norm, for monitoring).
 
   exact: the write stream is the eviction stream (token ``s`` written at step ``s + W``,
   before the read; ``W + 1`` under the reference's read-then-write order), run by the exact
@@ -101,22 +102,24 @@ def tc_parallel(q, k, v, mp: MemoryParams, cfg: ModelConfig) -> Float[Array, "B 
   else:
     shift = 0
   qs = memory.shift_queries(qm, shift)
-  valid = jnp.ones((T,), bool)
+  valid = jnp.arange(T) < T - shift  # pairs written by the last position
+  kh = kh * valid[None, :, None, None]
   state = cache_lib.empty_memory(B, H, D, cfg.normalize_read, mp.alpha is not None)
-  reads = []
+  reads, finals = [], []
   for log_lam, eta, A, z in _timescales(mp, state):
     if mode == "exact":
       g = memory.log_decay(log_lam, valid)
-      r, _ = dispatch.l2_scan(qs, kh, vm, g, eta, A, rule=cfg.rule, chunk=cfg.chunk, impl=cfg.impl)
+      r, A = dispatch.l2_scan(qs, kh, vm, g, eta, A, rule=cfg.rule, chunk=cfg.chunk, impl=cfg.impl)
       qz = None if z is None else memory.normalizer_scan(qs, kh, g, eta, z, cfg.chunk)[0]
     else:
-      r, qz, _, _ = memory.chunk_start_scan(
+      r, qz, A, _ = memory.chunk_start_scan(
           qs, kh, vm, log_lam, valid, eta, A, cfg.rule, cfg.chunk, mean=mode == "chunk_mean", z_BHD=z)
     r = memory.unshift_reads(r, shift)
     if qz is not None:
       r = _normalize_read(r, memory.unshift_reads(qz[..., None], shift)[..., 0], cfg)
     reads.append(r)
-  return _combine(mp, reads)
+    finals.append(A)
+  return _combine(mp, reads), jnp.sqrt(jnp.sum(finals[0] ** 2, axis=(-2, -1))).mean()
 
 
 def tc_extend(q, k_evict, v_evict, valid, mp: MemoryParams, state: cache_lib.MemoryState, cfg: ModelConfig):

@@ -108,7 +108,10 @@ class Attention(nn.Module):
     local = mechanisms.l1_parallel(q, k, v, c, q_sink)
     if c.mechanism == "infini":
       local = mechanisms.infini_mix(local, mechanisms.infini_parallel(q, k, v, c), self.beta)
-    mem = mechanisms.tc_parallel(q, k, v, self._memory_params(), c) if self.memory else None
+    mem = None
+    if self.memory:
+      mem, memory_norm = mechanisms.tc_parallel(q, k, v, self._memory_params(), c)
+      self.sow("intermediates", "memory_norm", memory_norm)  # kept only when collected
     return self._output(x, local, mem)
 
   def extend(self, x, lc: cache_lib.LayerCache, slot_pos, pos, positions, slots):

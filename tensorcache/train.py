@@ -143,7 +143,7 @@ def _wants_intermediates(spec: StepSpec) -> bool:
 
 
 def _read_shares(inter, params, cfg: ModelConfig) -> dict[str, jax.Array]:
-  """Per tc layer: the L2 branch's share of the attention output,
+  """Per tc layer: the memory state's norm, the L2 branch's share of the attention output,
   ``|sigma(g) W_tc r| / (|c_proj(L1)| + |sigma(g) W_tc r|)`` with token-mean norms, and the
   token-mean gate when the gate is per token."""
   out = {}
@@ -161,6 +161,7 @@ def _read_shares(inter, params, cfg: ModelConfig) -> dict[str, jax.Array]:
     n1 = jnp.linalg.norm(l1, axis=-1).mean()
     n2 = jnp.linalg.norm(gate * l2, axis=-1).mean()
     out[f"tc/l{i}/read_share"] = n2 / (n1 + n2 + 1e-12)
+    out[f"tc/l{i}/memory_norm"] = attn["memory_norm"][0]  # mean |A|_F after the last position
   return out
 
 

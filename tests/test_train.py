@@ -109,8 +109,9 @@ def test_reference_run_writes_logs_trace_and_loadable_checkpoint(reference):
   rows = [r for r in all_rows if "loss" in r]  # training rows (evaluation rows carry eval/*)
   assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
   for key in ("loss", "grad_norm", "param_norm", "lr", "tokens_per_s", "tc/l0/gate",
-              "tc/l1/lambda", "tc/l0/eta", "tc/l1/read_share"):
+              "tc/l1/lambda", "tc/l0/eta", "tc/l1/read_share", "tc/l0/memory_norm"):
     assert key in rows[-1], key
+  assert rows[-1]["tc/l0/memory_norm"] > 0  # sequences longer than W evict into the memory
   assert all(np.isfinite(r["loss"]) for r in rows)
   evals = [(r["step"], r["eval/step_seen"], r["eval/param_step"]) for r in all_rows if "eval/step_seen" in r]
   assert evals == [(2, 2.0, 2.0), (4, 4.0, 4.0)]  # eval_fn sees the state after that step
