@@ -290,8 +290,14 @@ def test_exact_training_path_equals_naive_eviction_scan(rule, impl):
   lam = jax.random.uniform(ks[3], (H,), minval=0.7, maxval=0.99)
   eta = jax.random.uniform(ks[4], (H,), minval=0.1, maxval=0.5)
   mp = mechanisms.MemoryParams(jnp.log(lam), eta)
-  r = jax.jit(mechanisms.tc_parallel, static_argnums=4)(q, k, v, mp, cfg)
+  r, memory_norm = jax.jit(mechanisms.tc_parallel, static_argnums=4)(q, k, v, mp, cfg)
   r_ref = _naive_evicted_scan(q, k, v, lam, eta, rule, W)
+  # The reported state is A after the last position: the pairs 0 .. T-1-W written.
+  n = T - W
+  _, A = memory.memory_recurrence(q[:, :n], memory.normalize_key(k[:, :n]), v[:, :n],
+                                  memory.log_decay(jnp.log(lam), jnp.ones((n,), bool)), eta,
+                                  jnp.zeros((B, H, D, D)), rule)
+  np.testing.assert_allclose(memory_norm, jnp.sqrt(jnp.sum(A ** 2, axis=(-2, -1))).mean(), rtol=1e-5)
   np.testing.assert_array_equal(r[:, :W], 0.0)  # nothing evicted before step W
   assert_close(r, r_ref, 1e-5, "reads")
   # Off-by-one in the eviction delay would be caught.
