@@ -61,11 +61,16 @@ def write_slots(positions: Int[Array, "P"], size: int, num_sinks: int) -> Int[Ar
   return jnp.where(overwritten, size, slot_of(positions, size, num_sinks))
 
 
-def insert(kv: KVCache, slot_pos, k_BPHD, v_BPHD, slots, positions) -> tuple[KVCache, Int[Array, "S"]]:
-  """Writes a chunk's keys and values into their slots."""
+def insert(kv: KVCache, k_BPHD, v_BPHD, slots) -> KVCache:
+  """Writes a chunk's keys and values into their slots (from ``write_slots``)."""
   k = kv.k.at[:, slots].set(k_BPHD.astype(kv.k.dtype), mode="drop")
   v = kv.v.at[:, slots].set(v_BPHD.astype(kv.v.dtype), mode="drop")
-  return KVCache(k, v), slot_pos.at[slots].set(positions, mode="drop")
+  return KVCache(k, v)
+
+
+def record(slot_pos, slots, positions) -> Int[Array, "S"]:
+  """The positions the slots hold after ``insert`` (shared by all layers)."""
+  return slot_pos.at[slots].set(positions, mode="drop")
 
 
 def chronological(kv: KVCache, slot_pos, pos) -> tuple[Float[Array, "B W H D"], Float[Array, "B W H D"], Int[Array, "W"]]:

@@ -125,7 +125,7 @@ class Attention(nn.Module):
     elif self.memory:
       k_ev, v_ev, valid = mechanisms.evicted_stream(lc.kv, slot_pos, pos, k, v, positions)
       mem, mem_state = mechanisms.tc_extend(q, k_ev, v_ev, valid, self._memory_params(), lc.mem, c)
-    kv, _ = cache_lib.insert(lc.kv, slot_pos, k, v, slots, positions)
+    kv = cache_lib.insert(lc.kv, k, v, slots)
     return self._output(x, local, mem), cache_lib.LayerCache(kv, mem_state)
 
 
@@ -204,5 +204,4 @@ class GPT(nn.Module):
     logits = self._head(x)
     if c.mechanism == "full":  # past capacity the slots would wrap: poison instead of lying
       logits = jnp.where(positions[None, :, None] >= c.max_len, jnp.nan, logits)
-    slot_pos = cache.slot_pos.at[slots].set(positions, mode="drop")
-    return logits, cache_lib.Cache(cache.pos + P, slot_pos, tuple(layers))
+    return logits, cache_lib.Cache(cache.pos + P, cache_lib.record(cache.slot_pos, slots, positions), tuple(layers))
