@@ -103,18 +103,18 @@ def restore_latest(mngr: ocp.CheckpointManager, make_args: Callable[[int], Any],
   return None, None
 
 
-def init_tokens(cfg: ModelConfig):
+def init_tokens():
   """Tokens to build parameters with (their shapes do not depend on the length)."""
-  del cfg
   import jax.numpy as jnp
 
   return jnp.zeros((1, 1), jnp.int32)
 
 
-def _abstract_params(cfg: ModelConfig):
+def abstract_params(cfg: ModelConfig):
+  """The parameter tree's shapes and dtypes for ``cfg`` (no allocation)."""
   from tensorcache.model import GPT  # layer above the config; imported lazily
 
-  return jax.eval_shape(lambda: GPT(cfg).init(jax.random.PRNGKey(0), init_tokens(cfg)))
+  return jax.eval_shape(lambda: GPT(cfg).init(jax.random.PRNGKey(0), init_tokens()))
 
 
 def load_model(workdir: str) -> tuple[ModelConfig, Any, int]:
@@ -123,7 +123,7 @@ def load_model(workdir: str) -> tuple[ModelConfig, Any, int]:
 
   def args(step):
     meta = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))
-    abstract = _abstract_params(config_from_json(meta["model"]))
+    abstract = abstract_params(config_from_json(meta["model"]))
     return ocp.args.Composite(model=ocp.args.JsonRestore(), params=ocp.args.StandardRestore(abstract))
 
   step, items = restore_latest(mngr, args)
@@ -224,7 +224,7 @@ def _check_same_model(saved: dict, cfg: ModelConfig, abstract_params, where: str
   if not changed:
     return
   try:
-    theirs = _abstract_params(config_from_json(saved))
+    theirs = abstract_params(config_from_json(saved))
   except Exception as e:  # noqa: BLE001 - e.g. a field this version does not know
     raise IncompatibleCheckpointError(f"{where} holds a model this config cannot describe ({e}).") from e
   shapes = lambda t: jax.tree.map(lambda x: (x.shape, str(x.dtype)), t)

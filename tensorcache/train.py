@@ -90,7 +90,7 @@ class TrainState:
 
 def init_state(spec: StepSpec, seed: int) -> TrainState:
   init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = GPT(spec.model).init(init_rng, checkpoint.init_tokens(spec.model))
+  params = GPT(spec.model).init(init_rng, checkpoint.init_tokens())
   opt_state = optim.make_optimizer(spec.optim).init(params)
   return TrainState(jnp.zeros((), jnp.int32), params, opt_state, rng)
 
