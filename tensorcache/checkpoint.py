@@ -216,7 +216,7 @@ def save_train(mngr: ocp.CheckpointManager, step: int, cfg: ModelConfig, params,
       data=DataStateSave(encode_data_state(data_state))))
 
 
-def _check_same_model(saved: dict, cfg: ModelConfig, abstract_params, where: str) -> None:
+def _check_same_model(saved: dict, cfg: ModelConfig, mine_abstract, where: str) -> None:
   """Raises ``IncompatibleCheckpointError`` when the saved model has other parameter shapes;
   warns about changed fields that leave the shapes alone (e.g. ``impl`` or ``dtype``)."""
   mine = config_to_json(cfg)
@@ -228,7 +228,7 @@ def _check_same_model(saved: dict, cfg: ModelConfig, abstract_params, where: str
   except Exception as e:  # noqa: BLE001 - e.g. a field this version does not know
     raise IncompatibleCheckpointError(f"{where} holds a model this config cannot describe ({e}).") from e
   shapes = lambda t: jax.tree.map(lambda x: (x.shape, str(x.dtype)), t)
-  if jax.tree.structure(theirs) != jax.tree.structure(abstract_params) or shapes(theirs) != shapes(abstract_params):
+  if jax.tree.structure(theirs) != jax.tree.structure(mine_abstract) or shapes(theirs) != shapes(mine_abstract):
     raise IncompatibleCheckpointError(
         f"{where} holds checkpoints of a different model (changed fields, saved -> now: {changed}). "
         "Use a new --workdir, or restore the saved values of these fields.")
