@@ -23,6 +23,7 @@ from tensorcache.cache import InfiniState
 from tensorcache.shapes import INFINI_EPS
 
 f32 = jnp.float32
+HIGHEST = jax.lax.Precision.HIGHEST  # float32 math on GPU and TPU too
 
 
 def feature_map(x):
@@ -31,8 +32,8 @@ def feature_map(x):
 
 def read(phi_q_BSHD, M_BHDD, z_BHD) -> Float[Array, "B S H D"]:
   """``phi(q) M / (phi(q) . z + eps)``."""
-  num = jnp.einsum("bshd,bhde->bshe", phi_q_BSHD, M_BHDD)
-  den = jnp.einsum("bshd,bhd->bsh", phi_q_BSHD, z_BHD)[..., None] + INFINI_EPS
+  num = jnp.einsum("bshd,bhde->bshe", phi_q_BSHD, M_BHDD, precision=HIGHEST)
+  den = jnp.einsum("bshd,bhd->bsh", phi_q_BSHD, z_BHD, precision=HIGHEST)[..., None] + INFINI_EPS
   return num / den
 
 
@@ -41,7 +42,7 @@ def write_terms(phi_k_BSHD, v_BSHD, M_BHDD, z_BHD, rule: str):
   u = v_BSHD.astype(f32)
   if rule == "delta":
     u = u - read(phi_k_BSHD, M_BHDD, z_BHD)
-  return jnp.einsum("bshd,bshe->bhde", phi_k_BSHD, u), phi_k_BSHD.sum(1)
+  return jnp.einsum("bshd,bshe->bhde", phi_k_BSHD, u, precision=HIGHEST), phi_k_BSHD.sum(1)
 
 
 def segment_scan(q_BTHD, k_BTHD, v_BTHD, rule: str, segment: int, state: InfiniState):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from tensorcache import attention, cache as cache_lib, dispatch, infini, memory
+from tensorcache import attention, cache as cache_lib, dispatch, memory
 from tensorcache.config import ModelConfig
 from tensorcache.rope import apply_rope
 
@@ -61,9 +61,9 @@ def l1_extend(q, k, v, kv: cache_lib.KVCache, slot_pos, positions, cfg: ModelCon
 # ------------------------------------------------------------------ Tensor Cache (L2)
 
 
-def _prepare(q, k, v, cfg: ModelConfig):
-  q = memory.normalize_key(q) if cfg.normalize_q else q.astype(f32)
-  return q, memory.normalize_key(k), v.astype(f32) * cfg.value_scale
+def _scaled_values(v, cfg: ModelConfig):
+  """``value_scale * v`` (the reference's option), in the compute dtype."""
+  return v if cfg.value_scale == 1.0 else v * jnp.asarray(cfg.value_scale, v.dtype)
 
 
 def _normalize_read(r, qz, cfg: ModelConfig):
@@ -93,7 +93,6 @@ def tc_parallel(q, k, v, mp: MemoryParams, cfg: ModelConfig):
   chunk_mean: the chunk-mean shortcut on the evicted or inserted stream.
   """
   B, T, H, D = q.shape
-  qm, kh, vm = _prepare(q, k, v, cfg)
   mode = cfg.memory_mode
   if mode == "exact":
     shift = cfg.window + (cfg.compat == "reference")
@@ -101,19 +100,21 @@ def tc_parallel(q, k, v, mp: MemoryParams, cfg: ModelConfig):
     shift = cfg.window
   else:
     shift = 0
-  qs = memory.shift_queries(qm, shift)
+  qs = memory.shift_queries(q, shift)
   valid = jnp.arange(T) < T - shift  # pairs written by the last position
-  kh = kh * valid[None, :, None, None]
+  k = k * valid[None, :, None, None].astype(k.dtype)
+  v = _scaled_values(v, cfg)
   state = cache_lib.empty_memory(B, H, D, cfg.normalize_read, mp.alpha is not None)
   reads, finals = [], []
   for log_lam, eta, A, z in _timescales(mp, state):
     if mode == "exact":
-      g = memory.log_decay(log_lam, valid)
-      r, A = dispatch.l2_scan(qs, kh, vm, g, eta, A, rule=cfg.rule, chunk=cfg.chunk, impl=cfg.impl)
-      qz = None if z is None else memory.normalizer_scan(qs, kh, g, eta, z, cfg.chunk)[0]
+      r, qz, A, _ = dispatch.l2_scan(
+          qs, k, v, memory.log_decay(log_lam, valid), eta, A, z, rule=cfg.rule, chunk=cfg.chunk,
+          normalize_q=cfg.normalize_q, impl=cfg.impl)
     else:
-      r, qz, A, _ = memory.chunk_start_scan(
-          qs, kh, vm, log_lam, valid, eta, A, cfg.rule, cfg.chunk, mean=mode == "chunk_mean", z_BHD=z)
+      r, qz, A, _ = dispatch.l2_chunk_start(
+          qs, k, v, log_lam, valid, eta, A, z, rule=cfg.rule, chunk=cfg.chunk, mean=mode == "chunk_mean",
+          normalize_q=cfg.normalize_q, impl=cfg.impl)
     r = memory.unshift_reads(r, shift)
     if qz is not None:
       r = _normalize_read(r, memory.unshift_reads(qz[..., None], shift)[..., 0], cfg)
@@ -125,16 +126,14 @@ def tc_parallel(q, k, v, mp: MemoryParams, cfg: ModelConfig):
 def tc_extend(q, k_evict, v_evict, valid, mp: MemoryParams, state: cache_lib.MemoryState, cfg: ModelConfig):
   """Per-token memory semantics over a chunk: step ``i`` writes evicted pair ``i`` (if
   ``valid``) and reads ``q_i``, after the write (exact) or before it (reference order)."""
-  qm, kh, vm = _prepare(q, k_evict, v_evict, cfg)
-  kh = kh * valid[None, :, None, None]  # nothing evicted at these steps: write nothing
-  read_first = cfg.compat == "reference"
+  k = k_evict * valid[None, :, None, None].astype(k_evict.dtype)  # nothing evicted: write nothing
+  v = _scaled_values(v_evict, cfg)
   reads, new = [], []
   for log_lam, eta, A, z in _timescales(mp, state):
-    g = memory.log_decay(log_lam, valid)
-    r, A = dispatch.l2_scan(qm, kh, vm, g, eta, A, rule=cfg.rule, chunk=cfg.chunk,
-                            read_first=read_first, impl=cfg.impl)
-    if z is not None:
-      qz, z = memory.normalizer_scan(qm, kh, g, eta, z, cfg.chunk, read_first)
+    r, qz, A, z = dispatch.l2_scan(
+        q, k, v, memory.log_decay(log_lam, valid), eta, A, z, rule=cfg.rule, chunk=cfg.chunk,
+        read_first=cfg.compat == "reference", normalize_q=cfg.normalize_q, impl=cfg.impl)
+    if qz is not None:
       r = _normalize_read(r, qz, cfg)
     reads.append(r)
     new.append((A, z))
@@ -167,10 +166,11 @@ def infini_mix(local, mem, beta):
 
 def infini_parallel(q, k, v, cfg: ModelConfig):
   B, T, H, D = q.shape
-  r, _ = infini.segment_scan(q, k, v, cfg.infini_rule, infini_segment(cfg, False),
-                             cache_lib.empty_infini(B, H, D))
+  r, _ = dispatch.infini_scan(q, k, v, cache_lib.empty_infini(B, H, D), rule=cfg.infini_rule,
+                              segment=infini_segment(cfg, False), impl=cfg.impl)
   return r
 
 
 def infini_extend(q, k, v, positions, state: cache_lib.InfiniState, cfg: ModelConfig):
-  return infini.stream(q, k, v, positions, cfg.infini_rule, infini_segment(cfg, True), state)
+  return dispatch.infini_stream(q, k, v, positions, state, rule=cfg.infini_rule,
+                                segment=infini_segment(cfg, True), impl=cfg.impl)

@@ -6,7 +6,8 @@ Write rules for one written pair ``(k, v)``, ``k`` already L2-normalised:
 * delta: ``A <- lam A + eta k (x) (v - k A)``
 * wedge: ``A <- lam A + eta (k (x) v - v (x) k)``
 
-Reads are ``r = q A``. Every function here takes a *write stream*: ``k_BTHD[:, i]`` is the pair
+Reads are ``r = q A``; the optional read normaliser carries ``z <- lam z + eta k`` and
+reports ``q . z``. Every function here takes a *write stream*: ``k_BTHD[:, i]`` is the pair
 written at step ``i`` and ``q_BTHD[:, i]`` the query read at step ``i``, either after that
 write (``read_first=False``, the exact method) or before it (``read_first=True``, the
 reference's streaming order). Eviction-fed training aligns the stream by ``shift_queries``
@@ -14,13 +15,19 @@ reference's streaming order). Eviction-fed training aligns the stream by ``shift
 
 Decay is carried as a per-step log decay ``g[i, h]`` (``log lam``, or 0 on padding and
 invalid steps, whose pairs are zero, so they leave the state untouched) and powers are
-``exp(sum g)`` in float32.
+``exp(sum g)`` of non-positive sums, in float32. Every matrix product states
+``precision=HIGHEST``: a float32 einsum is TF32 on Hopper and bf16 passes on TPU otherwise.
 
-Implementations:
+Implementations (all return ``(r, qz, A, z)``; ``qz``/``z`` are None without ``z``):
 
 * ``memory_recurrence``: the naive per-token ``lax.scan``, any rule (the oracle);
-* ``memory_scan``: chunked. outer and wedge use the chunked decayed linear attention
-  (``O(T*C*D + T*D^2)``); delta is the exact per-token scan;
+* ``memory_scan``: the exact chunked form, parallel over chunks. Within a chunk of ``C``
+  steps it is decayed linear attention (outer; wedge as two key/value pairs per step in one
+  widened scan; the normaliser as an extra value column) or the UT transform of the delta
+  rule (a ``C x C`` unit-lower-triangular inverse); across chunks the states follow an
+  associative scan of affine maps ``S -> Phi_c S + Psi_c`` (scalar ``Phi_c`` for the linear
+  rules). Saved for the backward pass: ``O(T (C + D))`` per head plus ``O(T/C)`` states,
+  never a ``D x D`` state per token;
 * ``chunk_start_scan``: the chunk-start scans of the reference (weighted sum, write-on-insert,
   delta error against the chunk-start state) and of the chunk-mean shortcut.
 """
@@ -36,6 +43,12 @@ from tensorcache.shapes import KEY_NORM_EPS
 RULES = ("outer", "delta", "wedge")
 
 f32 = jnp.float32
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _mm(spec: str, *xs) -> Array:
+  """A float32 einsum that is float32 math on every platform."""
+  return jnp.einsum(spec, *xs, precision=HIGHEST, preferred_element_type=f32)
 
 
 def check_rule(rule: str) -> None:
@@ -46,7 +59,17 @@ def check_rule(rule: str) -> None:
 def normalize_key(k: Float[Array, "... D"]) -> Float[Array, "... D"]:
   """``k / (|k| + 1e-5)`` in float32, as the reference normalises written keys."""
   k = k.astype(f32)
-  return k / (jnp.linalg.norm(k, axis=-1, keepdims=True) + KEY_NORM_EPS)
+  sq = jnp.sum(k * k, axis=-1, keepdims=True)
+  # A zero key (a masked step) maps to zero with a finite gradient: sqrt'(0) is infinite.
+  norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+  return k / (norm + KEY_NORM_EPS)
+
+
+def prepare(q, k, v, normalize_q: bool = False):
+  """Raw compute-dtype ``q, k, v`` -> float32 queries (normalised if asked), keys ``k-hat``
+  and values: what every implementation does first, inside the dispatch seam."""
+  q = normalize_key(q) if normalize_q else q.astype(f32)
+  return q, normalize_key(k), v.astype(f32)
 
 
 def log_decay(log_lam_H: Float[Array, "H"], valid_T: Bool[Array, "T"]) -> Float[Array, "T H"]:
@@ -77,14 +100,17 @@ def _pad_time(x, n):
 # ------------------------------------------------------------------ oracle
 
 
-def memory_recurrence(
-    q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, rule: str, read_first: bool = False
-) -> tuple[Float[Array, "B T H D"], Float[Array, "B H D D"]]:
-  """Naive per-token scan: ``A_i = e^{g_i} A_{i-1} + eta * write_i``, read ``q_i A``."""
+def memory_recurrence(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, rule: str, read_first: bool = False,
+                      z_BHD=None):
+  """Naive per-token scan: ``A_i = e^{g_i} A_{i-1} + eta * write_i``, read ``q_i A``
+  (and ``z_i = e^{g_i} z_{i-1} + eta k_i``, read ``q_i . z``). Returns ``(r, qz, A, z)``."""
   check_rule(rule)
   eta = eta_H.astype(f32)[None, :, None, None]
+  use_z = z_BHD is not None
+  z0 = z_BHD.astype(f32) if use_z else jnp.zeros(A_BHDD.shape[:-1], f32)
 
-  def step(A, xs):
+  def step(carry, xs):
+    A, z = carry
     q, k, v, g = xs  # [B,H,D] x3, [H]
     lam = jnp.exp(g)[None, :, None, None]
     if rule == "outer":
@@ -92,82 +118,173 @@ def memory_recurrence(
     elif rule == "wedge":
       upd = k[..., :, None] * v[..., None, :] - v[..., :, None] * k[..., None, :]
     else:
-      err = v - jnp.einsum("bhd,bhde->bhe", k, A)
+      err = v - _mm("bhd,bhde->bhe", k, A)
       upd = k[..., :, None] * err[..., None, :]
     A_new = lam * A + eta * upd
-    r = jnp.einsum("bhd,bhde->bhe", q, A if read_first else A_new)
-    return A_new, r
+    z_new = lam[..., 0] * z + eta[..., 0] * k
+    r = _mm("bhd,bhde->bhe", q, A if read_first else A_new)
+    qz = jnp.sum(q * (z if read_first else z_new), axis=-1)
+    return (A_new, z_new), (r, qz)
 
-  xs = tuple(x.astype(f32).swapaxes(0, 1) for x in (q_BTHD, k_BTHD, v_BTHD)) + (g_TH,)
-  A, r = jax.lax.scan(step, A_BHDD.astype(f32), xs)
-  return r.swapaxes(0, 1), A
+  xs = tuple(x.astype(f32).swapaxes(0, 1) for x in (q_BTHD, k_BTHD, v_BTHD)) + (g_TH.astype(f32),)
+  (A, z), (r, qz) = jax.lax.scan(step, (A_BHDD.astype(f32), z0), xs)
+  r, qz = r.swapaxes(0, 1), qz.swapaxes(0, 1)
+  return r, (qz if use_z else None), A, (z if use_z else None)
 
 
-# ------------------------------------------------------------------ chunked exact forms
+# ------------------------------------------------------------------ chunked exact form
 
 
-def decayed_linear_attention(
-    q_BTHK, k_BTHK, v_BTHV, g_TH, eta_H, S_BHKV, chunk: int, read_first: bool = False
-) -> tuple[Float[Array, "B T H V"], Float[Array, "B H K V"]]:
-  """Chunked form of ``S_i = e^{g_i} S_{i-1} + eta k_i (x) v_i``, ``o_i = q_i S_i``.
-
-  Within a chunk (cumulative log decay ``G``): ``o_i = e^{G_i} q_i S_c + eta sum_{j<=i}
-  e^{G_i - G_j} <q_i, k_j> v_j``; across chunks ``S_{c+1} = e^{G_last} S_c + eta sum_j
-  e^{G_last - G_j} k_j (x) v_j``. ``read_first`` reads ``S_{i-1}`` instead (strict mask).
-  """
-  B, T, H, K = q_BTHK.shape
-  Vd = v_BTHV.shape[-1]
-  C = max(1, min(chunk, T))
+def _to_chunks(x_BTHF, C: int) -> Float[Array, "B H N C F"]:
+  B, T, H, F = x_BTHF.shape
   n = -(-T // C)
-  pad = n * C - T
-  q, k, v = (_pad_time(x.astype(f32), pad).reshape(B, n, C, H, -1).swapaxes(0, 1) for x in (q_BTHK, k_BTHK, v_BTHV))
-  g = jnp.pad(g_TH.astype(f32), ((0, pad), (0, 0))).reshape(n, C, H)
-  eta = eta_H.astype(f32)
+  return _pad_time(x_BTHF.astype(f32), n * C - T).reshape(B, n, C, H, F).transpose(0, 3, 1, 2, 4)
+
+
+def _from_chunks(x_BHNCF, T: int) -> Float[Array, "B T H F"]:
+  B, H, n, C, F = x_BHNCF.shape
+  return x_BHNCF.transpose(0, 2, 3, 1, 4).reshape(B, n * C, H, F)[:, :T]
+
+
+def _chunk_log_decay(g_TH, C: int) -> Float[Array, "H N C"]:
+  T, H = g_TH.shape
+  n = -(-T // C)
+  return jnp.pad(g_TH.astype(f32), ((0, n * C - T), (0, 0))).reshape(n, C, H).transpose(2, 0, 1)
+
+
+def _masked_decay(G_row, G_col, strict: bool) -> Float[Array, "H N C C"]:
+  """``exp(G_row[i] - G_col[j])`` on the causal triangle (``j < i`` if strict), 0 elsewhere."""
+  C = G_row.shape[-1]
   i = jnp.arange(C)
-  causal = (i[None, :] < i[:, None]) if read_first else (i[None, :] <= i[:, None])
-
-  def body(S, xs):
-    qc, kc, vc, gc = xs  # [B,C,H,*], [C,H]
-    G = jnp.cumsum(gc, axis=0)  # [C,H]
-    G_read = G - gc if read_first else G  # decay up to the read point
-    diff = G_read[:, None, :] - G[None, :, :]  # [C_i, C_j, H]
-    decay = jnp.where(causal[:, :, None], jnp.exp(jnp.where(causal[:, :, None], diff, 0.0)), 0.0)
-    scores = jnp.einsum("bihk,bjhk->bhij", qc, kc) * (eta[None, :, None, None] * decay.transpose(2, 0, 1)[None])
-    o = jnp.einsum("bhij,bjhv->bihv", scores, vc)
-    o += jnp.einsum("bihk,bhkv->bihv", qc * jnp.exp(G_read)[None, :, :, None], S)
-    w = eta[None, :] * jnp.exp(G[-1][None, :] - G)  # [C,H]
-    S = jnp.exp(G[-1])[None, :, None, None] * S + jnp.einsum("bjhk,bjhv->bhkv", kc * w[None, :, :, None], vc)
-    return S, o
-
-  S, o = jax.lax.scan(body, S_BHKV.astype(f32), (q, k, v, g))
-  return o.swapaxes(0, 1).reshape(B, n * C, H, Vd)[:, :T], S
+  mask = (i[None, :] < i[:, None]) if strict else (i[None, :] <= i[:, None])
+  diff = G_row[..., :, None] - G_col[..., None, :]
+  return jnp.where(mask, jnp.exp(jnp.where(mask, diff, 0.0)), 0.0)
 
 
-def delta_scan(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, read_first: bool = False):
-  """Exact delta rule: the per-token recurrence (a chunked WY/UT form can replace it)."""
-  return memory_recurrence(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, "delta", read_first)
+def _unit_lower_inverse(L_XCC):
+  """Inverse of unit lower-triangular matrices by block doubling: with the inverses of the two
+  diagonal blocks known, ``[[L11, 0], [L21, L22]]^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1,
+  L22^-1]]``. ``log2 C`` levels of batched matmuls (no sequential substitution)."""
+  C = L_XCC.shape[-1]
+  N = 1 << (C - 1).bit_length()
+  lead = L_XCC.shape[:-2]
+  if N != C:
+    eye = jnp.eye(N, dtype=f32)
+    L_XCC = eye.at[:C, :C].set(0.0) + jnp.pad(L_XCC, [(0, 0)] * len(lead) + [(0, N - C), (0, N - C)])
+  inv = jnp.ones(lead + (N, 1, 1), f32)  # diagonal blocks of size b, here b = 1
+  b = 1
+  while b < N:
+    n2 = N // (2 * b)
+    blocks = jnp.diagonal(L_XCC.reshape(lead + (n2, 2 * b, n2, 2 * b)), axis1=-4, axis2=-2)
+    L21 = jnp.moveaxis(blocks, -1, -3)[..., b:, :b]  # [..., n2, b, b]
+    pair = inv.reshape(lead + (n2, 2, b, b))
+    inv11, inv22 = pair[..., 0, :, :], pair[..., 1, :, :]
+    off = -_mm("...ij,...jk,...kl->...il", inv22, L21, inv11)
+    top = jnp.concatenate([inv11, jnp.zeros_like(inv11)], axis=-1)
+    inv = jnp.concatenate([top, jnp.concatenate([off, inv22], axis=-1)], axis=-2)
+    b *= 2
+  return inv.reshape(lead + (N, N))[..., :C, :C]
 
 
-def memory_scan(
-    q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, rule: str, chunk: int, read_first: bool = False
-) -> tuple[Float[Array, "B T H D"], Float[Array, "B H D D"]]:
-  """Exact per-token semantics of every rule, in the fastest XLA form available."""
+def _scalar_states(G_last_HN, dS_BHNKV, S0_BHKV):
+  """States entering each chunk and the final one, ``[B, H, N + 1, K, V]``, of
+  ``S_{c+1} = e^{G_last[c]} S_c + dS_c`` (an associative scan over chunks)."""
+  la = jnp.concatenate([jnp.zeros_like(G_last_HN[:, :1]), G_last_HN], axis=1)[None, :, :, None, None]
+  S = jnp.concatenate([S0_BHKV.astype(f32)[:, :, None], dS_BHNKV], axis=2)
+
+  def combine(a, b):
+    return a[0] + b[0], jnp.exp(b[0]) * a[1] + b[1]
+
+  return jax.lax.associative_scan(combine, (jnp.broadcast_to(la, la.shape), S), axis=2)[1]
+
+
+def _matrix_states(Phi_BHNKK, Psi_BHNKV, S0_BHKV):
+  """As ``_scalar_states`` for ``S_{c+1} = Phi_c S_c + Psi_c`` with matrix ``Phi_c``."""
+  eye = jnp.broadcast_to(jnp.eye(Phi_BHNKK.shape[-1], dtype=f32), Phi_BHNKK[:, :, :1].shape)
+  Phi = jnp.concatenate([eye, Phi_BHNKK], axis=2)
+  Psi = jnp.concatenate([S0_BHKV.astype(f32)[:, :, None], Psi_BHNKV], axis=2)
+
+  def combine(a, b):
+    return _mm("...ij,...jk->...ik", b[0], a[0]), _mm("...ij,...jk->...ik", b[0], a[1]) + b[1]
+
+  return jax.lax.associative_scan(combine, (Phi, Psi), axis=2)[1]
+
+
+def _linear_chunks(q, pairs, g, eta_H, S0, read_first: bool):
+  """Decayed linear attention with one or more ``(key, value)`` pairs written per step:
+  ``S_i = e^{g_i} S_{i-1} + eta sum_p k_p,i (x) v_p,i``, ``o_i = q_i S_i`` (``S_{i-1}``
+  with ``read_first``). Inputs are chunked ``[B, H, N, C, F]``; returns ``(o, S_final)``."""
+  G = jnp.cumsum(g, axis=-1)
+  G_read = G - g if read_first else G
+  eta = eta_H.astype(f32)[:, None, None]
+  decay = _masked_decay(G_read, G, strict=read_first) * eta[..., None]
+  w_last = eta * jnp.exp(G[..., -1:] - G)  # [H,N,C]
+  o = 0.0
+  dS = 0.0
+  for k, v in pairs:
+    o = o + _mm("bhnij,bhnjv->bhniv", _mm("bhnik,bhnjk->bhnij", q, k) * decay, v)
+    dS = dS + _mm("bhnjk,bhnjv->bhnkv", k * w_last[..., None], v)
+  S = _scalar_states(G[..., -1], dS, S0)
+  o = o + _mm("bhnik,bhnkv->bhniv", q * jnp.exp(G_read)[..., None], S[:, :, :-1])
+  return o, S[:, :, -1]
+
+
+def _delta_chunks(q, k, v, g, eta_H, A0, read_first: bool):
+  """The delta rule by the UT transform. Within a chunk from state ``S`` the written
+  vectors ``w_i = eta (v_i - k_i A_{i-1})`` solve ``(I + M) W = eta V - eta e^{G_{i-1}} K S``
+  with ``M_ij = eta e^{G_{i-1} - G_j} <k_i, k_j>`` (``j < i``), so ``W = U - Wk S``;
+  ``A_i = e^{G_i} S + sum_{j<=i} e^{G_i - G_j} k_j (x) w_j`` gives the reads and the chunk's
+  affine map ``S -> (e^{G_C} I - Kw^T Wk) S + Kw^T U``."""
+  G = jnp.cumsum(g, axis=-1)
+  G_prev = G - g
+  G_read = G_prev if read_first else G
+  eta = eta_H.astype(f32)[:, None, None]
+  C = g.shape[-1]
+  M = _mm("bhnid,bhnjd->bhnij", k, k) * (_masked_decay(G_prev, G, strict=True) * eta[..., None])
+  Tinv = _unit_lower_inverse(jnp.eye(C, dtype=f32) + M)
+  U = _mm("bhnij,bhnjd->bhnid", Tinv, v * eta[..., None])
+  Wk = _mm("bhnij,bhnjd->bhnid", Tinv, k * (eta * jnp.exp(G_prev))[..., None])
+  Kw = k * jnp.exp(G[..., -1:] - G)[..., None]
+  eye = jnp.eye(k.shape[-1], dtype=f32)
+  Phi = jnp.exp(G[..., -1])[None, :, :, None, None] * eye - _mm("bhncd,bhnce->bhnde", Kw, Wk)
+  S = _matrix_states(Phi, _mm("bhncd,bhnce->bhnde", Kw, U), A0)
+  S_in = S[:, :, :-1]
+  W = U - _mm("bhncd,bhnde->bhnce", Wk, S_in)
+  scores = _mm("bhnid,bhnjd->bhnij", q, k) * _masked_decay(G_read, G, strict=read_first)
+  r = _mm("bhnij,bhnje->bhnie", scores, W) + _mm("bhnid,bhnde->bhnie", q * jnp.exp(G_read)[..., None], S_in)
+  return r, S[:, :, -1]
+
+
+def memory_scan(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, rule: str, chunk: int, read_first: bool = False,
+                z_BHD=None):
+  """Exact per-token semantics of every rule in the chunked parallel form (see the module
+  docstring). Same contract as ``memory_recurrence``: returns ``(r, qz, A, z)``."""
   check_rule(rule)
+  B, T, H, D = q_BTHD.shape
+  C = max(1, min(chunk, T))
+  q, k, v = (_to_chunks(x, C) for x in (q_BTHD, k_BTHD, v_BTHD))
+  g = _chunk_log_decay(g_TH, C)
+  use_z = z_BHD is not None
+  qz = z = None
   if rule == "delta":
-    return delta_scan(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, read_first)
-  r, A = decayed_linear_attention(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, chunk, read_first)
-  if rule == "wedge":  # k (x) v - v (x) k: a second linear attention with keys and values swapped.
-    r2, A2 = decayed_linear_attention(
-        q_BTHD, v_BTHD, k_BTHD, g_TH, eta_H, jnp.zeros_like(A), chunk, read_first)
-    r, A = r - r2, A - A2
-  return r, A
-
-
-def normalizer_scan(q_BTHD, k_BTHD, g_TH, eta_H, z_BHD, chunk: int, read_first: bool = False):
-  """Read normaliser ``q . z`` with ``z <- lam z + eta k`` (rule-independent)."""
-  ones = jnp.ones(k_BTHD.shape[:-1] + (1,), f32)
-  qz, z = decayed_linear_attention(q_BTHD, k_BTHD, ones, g_TH, eta_H, z_BHD[..., None], chunk, read_first)
-  return qz[..., 0], z[..., 0]
+    r, A = _delta_chunks(q, k, v, g, eta_H, A_BHDD, read_first)
+    if use_z:
+      qz, z = _linear_chunks(q, [(k, jnp.ones_like(k[..., :1]))], g, eta_H, z_BHD[..., None], read_first)
+      qz, z = _from_chunks(qz, T)[..., 0], z[..., 0]
+    return _from_chunks(r, T), qz, A, z
+  # outer: one pair (k, v); wedge: (k, v) and (v, -k). The normaliser is one more value
+  # column (1 for the key k, 0 for the key v) of the same scan.
+  pairs = [(k, v)] + ([(v, -k)] if rule == "wedge" else [])
+  S0 = A_BHDD
+  if use_z:
+    pairs = [(kp, jnp.concatenate([vp, jnp.full_like(vp[..., :1], float(i == 0))], -1))
+             for i, (kp, vp) in enumerate(pairs)]
+    S0 = jnp.concatenate([A_BHDD.astype(f32), z_BHD.astype(f32)[..., None]], axis=-1)
+  o, S = _linear_chunks(q, pairs, g, eta_H, S0, read_first)
+  o = _from_chunks(o, T)
+  if use_z:
+    return o[..., :D], o[..., D], S[..., :D], S[..., D]
+  return o, None, S, None
 
 
 # ------------------------------------------------------------------ chunk-start scans
@@ -201,15 +318,15 @@ def chunk_start_scan(
   def body(carry, xs):
     A, z = carry
     qc, kc, vc, gc, vm = xs
-    r = jnp.einsum("bihd,bhde->bihe", qc, A)
-    qz = jnp.einsum("bihd,bhd->bih", qc, z)
+    r = _mm("bihd,bhde->bihe", qc, A)
+    qz = _mm("bihd,bhd->bih", qc, z)
     if mean:
       wm = vm / jnp.maximum(vm.sum(0), 1)  # [C,1]: mean over the written steps
       kbar = (kc * wm[None, :, :, None]).sum(1)  # [B,H,D]
       vbar = (vc * wm[None, :, :, None]).sum(1)
       lam = jnp.exp(jnp.where(vm.any(), log_lam_H.astype(f32), 0.0))[None, :, None, None]
       if rule == "delta":
-        vbar = vbar - jnp.einsum("bhd,bhde->bhe", kbar, A)
+        vbar = vbar - _mm("bhd,bhde->bhe", kbar, A)
       upd = kbar[..., :, None] * vbar[..., None, :]
       if rule == "wedge":
         upd = upd - vbar[..., :, None] * kbar[..., None, :]
@@ -219,10 +336,10 @@ def chunk_start_scan(
       G = jnp.cumsum(gc, axis=0)
       w = (jnp.exp(G[-1][None, :] - G) * vm)[None, :, :, None]  # [1,C,H,1]; empty steps write 0
       if rule == "delta":
-        vc = vc - jnp.einsum("bjhd,bhde->bjhe", kc, A)
-      upd = jnp.einsum("bjhd,bjhe->bhde", kc * w, vc)
+        vc = vc - _mm("bjhd,bhde->bjhe", kc, A)
+      upd = _mm("bjhd,bjhe->bhde", kc * w, vc)
       if rule == "wedge":
-        upd = upd - jnp.einsum("bjhd,bjhe->bhde", vc * w, kc)
+        upd = upd - _mm("bjhd,bjhe->bhde", vc * w, kc)
       lam = jnp.exp(G[-1])[None, :, None, None]
       A = lam * A + eta * upd
       z = lam[..., 0] * z + eta[..., 0] * (kc * w).sum(1)

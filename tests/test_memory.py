@@ -79,23 +79,111 @@ def test_shift_queries_and_unshift_reads(shift):
 # ------------------------------------------------------------------ chunked exact scan
 
 
-@pytest.mark.parametrize("chunk", [C, 64], ids=lambda c: f"chunk{c}")
+def _numpy_recurrence(q, k, v, g, eta, A0, z0, rule, read_first):
+  """METHOD.md §4 by hand in float64, one token at a time; shares no code with ``memory``."""
+  q, k, v, A, z = (np.asarray(x, np.float64) for x in (q, k, v, A0, z0))
+  lam = np.exp(np.asarray(g, np.float64))  # [T, H]
+  eta = np.asarray(eta, np.float64)[None, :]
+  r, qz = np.zeros_like(q), np.zeros(q.shape[:-1])
+  for t in range(q.shape[1]):
+    if read_first:
+      r[:, t] = np.einsum("bhd,bhde->bhe", q[:, t], A)
+      qz[:, t] = np.einsum("bhd,bhd->bh", q[:, t], z)
+    kt, vt = k[:, t], v[:, t]
+    if rule == "delta":
+      vt = vt - np.einsum("bhd,bhde->bhe", kt, A)
+    upd = np.einsum("bhd,bhe->bhde", kt, vt)
+    if rule == "wedge":
+      upd = upd - np.einsum("bhd,bhe->bhde", vt, kt)
+    A = lam[t][None, :, None, None] * A + eta[..., None, None] * upd
+    z = lam[t][None, :, None] * z + eta[..., None] * kt
+    if not read_first:
+      r[:, t] = np.einsum("bhd,bhde->bhe", q[:, t], A)
+      qz[:, t] = np.einsum("bhd,bhd->bh", q[:, t], z)
+  return r, qz, A, z
+
+
+@pytest.mark.parametrize("chunk", [C, 5, 64], ids=lambda c: f"chunk{c}")
 @pytest.mark.parametrize("read_first", [False, True], ids=["write_then_read", "read_first"])
 @pytest.mark.parametrize("rule", RULES)
 def test_memory_scan_equals_per_token_recurrence(rule, read_first, chunk):
+  """The chunked form (UT transform for delta, widened scans for wedge and the normaliser)
+  equals the per-token ``lax.scan`` and an independent float64 loop, with and without the
+  normaliser; T = 37 is a multiple of no chunk, and chunk 64 > T is a single chunk."""
   q, k, v, log_lam, eta, A0, valid = _stream(seed=100 * RULES.index(rule) + 10 * read_first + chunk)
+  z0 = normal(7 + chunk, (B, H, D), 0.3)
   g = memory.log_decay(log_lam, valid)
-  r_ref, A_ref = memory.memory_recurrence(q, k, v, g, eta, A0, rule, read_first)
-  r, A = jax.jit(memory.memory_scan, static_argnums=(6, 7, 8))(q, k, v, g, eta, A0, rule, chunk, read_first)
-  assert r.shape == (B, T, H, D) and A.shape == (B, H, D, D)
-  assert r.dtype == jnp.float32 and A.dtype == jnp.float32
-  assert_close(r, r_ref, 1e-5, "reads")
-  assert_close(A, A_ref, 1e-5, "final state")
+  scan = jax.jit(memory.memory_scan, static_argnums=(6, 7, 8))
+  r_np, qz_np, A_np, z_np = _numpy_recurrence(q, k, v, g, eta, A0, z0, rule, read_first)
+  r, qz, A, z = scan(q, k, v, g, eta, A0, rule, chunk, read_first, z0)
+  assert r.shape == (B, T, H, D) and A.shape == (B, H, D, D) and qz.shape == (B, T, H) and z.shape == (B, H, D)
+  assert all(x.dtype == jnp.float32 for x in (r, qz, A, z))
+  for got, want, what in ((r, r_np, "reads"), (qz, qz_np, "q . z"), (A, A_np, "final state"), (z, z_np, "z")):
+    assert_close(got, want, 1e-5, f"chunked vs float64 loop: {what}")
+  r_ref, qz_ref, A_ref, z_ref = memory.memory_recurrence(q, k, v, g, eta, A0, rule, read_first, z0)
+  assert_close(r_ref, r_np, 1e-5, "per-token scan vs float64 loop")
+  assert_close(r, r_ref, 1e-5, "chunked vs per-token scan")
+  # Without a normaliser: the same memory, and None for q . z and z.
+  r2, qz2, A2, z2 = scan(q, k, v, g, eta, A0, rule, chunk, read_first, None)
+  assert qz2 is None and z2 is None
+  assert_close(r2, r_np, 1e-5, "reads without z")
+  assert_close(A2, A_np, 1e-5, "state without z")
   # The tolerance discriminates: the other read order and a zero initial state are far off.
-  r_other, _ = memory.memory_recurrence(q, k, v, g, eta, A0, rule, not read_first)
-  assert_differs(r_other, r_ref, what="read order")
-  r_zero, _ = memory.memory_recurrence(q, k, v, g, eta, jnp.zeros_like(A0), rule, read_first)
-  assert_differs(r_zero, r_ref, what="initial state")
+  assert_differs(_numpy_recurrence(q, k, v, g, eta, A0, z0, rule, not read_first)[0], r_np, what="read order")
+  assert_differs(_numpy_recurrence(q, k, v, g, eta, 0 * A0, z0, rule, read_first)[0], r_np, what="initial state")
+
+
+@pytest.mark.parametrize("read_first", [False, True], ids=["write_then_read", "read_first"])
+@pytest.mark.parametrize("rule", RULES)
+def test_memory_scan_gradients_equal_per_token_recurrence(rule, read_first):
+  """Gradients through the chunked form (inverse, associative scan) equal those of the
+  per-token recurrence for every input: q, raw k, v, log decay, rate, A0, z0."""
+  q, _, v, log_lam, eta, A0, _ = _stream(seed=40 + RULES.index(rule) + 5 * read_first, invalid=False)
+  k = normal(41, (B, T, H, D))  # raw keys: normalised inside, as the seam does
+  z0 = normal(42, (B, H, D), 0.3)
+  ct_r, ct_qz = normal(43, (B, T, H, D)), normal(44, (B, T, H))
+  valid = jnp.arange(T) >= 3
+
+  def loss(fn, q, k, v, log_lam, eta, A0, z0):
+    q, k, v = memory.prepare(q, k, v)
+    r, qz, A, z = fn(q, k, v, memory.log_decay(log_lam, valid), eta, A0, z0)
+    return jnp.sum(r * ct_r) + jnp.sum(qz * ct_qz) + jnp.sum(A ** 2) + jnp.sum(z ** 2)
+
+  args = (q, k, v, log_lam, eta, A0, z0)
+  argnums = tuple(range(len(args)))
+  oracle = lambda *a: memory.memory_recurrence(*a[:6], rule, read_first, a[6])
+  chunked = lambda *a: memory.memory_scan(*a[:6], rule, C, read_first, a[6])
+  want = jax.grad(lambda *a: loss(oracle, *a), argnums)(*args)
+  got = jax.jit(jax.grad(lambda *a: loss(chunked, *a), argnums))(*args)
+  for name, x, y in zip(("q", "k", "v", "log_lam", "eta", "A0", "z0"), got, want):
+    assert_close(x, y, 1e-5, f"d/d{name}")
+
+
+def test_memory_scan_saves_no_state_per_token():
+  """The backward pass of the chunked delta rule keeps chunk-boundary states only: the
+  residuals of ``vjp`` hold far fewer than one ``D x D`` state per token."""
+  Tn, Dn, Cn = 256, 32, 32
+  q, k, v = (normal(s, (1, Tn, 1, Dn)) for s in (50, 51, 52))
+  g = jnp.full((Tn, 1), jnp.log(0.95))
+  eta, A0 = jnp.array([0.3]), normal(53, (1, 1, Dn, Dn), 0.1)
+
+  def residual_floats(fn):
+    def residuals(q, k, v):
+      return jax.vjp(lambda q, k, v: fn(q, memory.normalize_key(k), v, g, eta, A0, "delta")[0], q, k, v)[1]
+    return sum(x.size for x in jax.tree_util.tree_leaves(jax.eval_shape(residuals, q, k, v)))
+
+  chunked = residual_floats(lambda *a: memory.memory_scan(*a, Cn))
+  per_token = residual_floats(memory.memory_recurrence)
+  assert per_token >= Tn * Dn * Dn  # the oracle keeps a state per token
+  assert chunked < 8 * Tn * (Cn + Dn) + 4 * (Tn // Cn + 1) * Dn * Dn * 2, chunked
+
+
+def test_unit_lower_inverse_is_exact():
+  """The block-doubling inverse of the UT transform, on sizes that are not powers of two."""
+  for n in (1, 3, 8, 13):
+    L = jnp.tril(normal(n, (2, n, n), 0.5), -1) + jnp.eye(n)
+    inv = jax.jit(memory._unit_lower_inverse)(L)
+    np.testing.assert_allclose(np.asarray(inv) @ np.asarray(L), np.eye(n)[None].repeat(2, 0), atol=1e-5)
 
 
 def test_invalid_steps_leave_state_untouched():
@@ -103,8 +191,9 @@ def test_invalid_steps_leave_state_untouched():
   q, k, v, log_lam, eta, A0, _ = _stream(seed=3, invalid=False)
   valid = jnp.zeros((T,), bool)
   g = memory.log_decay(log_lam, valid)
+  scan = jax.jit(memory.memory_scan, static_argnums=(6, 7))
   for rule in RULES:
-    r, A = memory.memory_scan(q, jnp.zeros_like(k), v, g, eta, A0, rule, C)
+    r, _, A, _ = scan(q, jnp.zeros_like(k), v, g, eta, A0, rule, C)
     assert_close(A, A0, 1e-6, rule)
     assert_close(r, jnp.einsum("bthd,bhde->bthe", q, A0), 1e-5, rule)
 
@@ -163,7 +252,7 @@ def test_chunk_start_scan_reference_equals_hand_loop(rule):
   assert qz2 is None and z2 is None
   assert_close(r2, r_ref, 1e-5, "reads without z")
   # Chunk-start reads are not per-token reads: the comparison can fail.
-  r_tok, _ = memory.memory_recurrence(q, k, v, memory.log_decay(log_lam, valid), eta, A0, rule, True)
+  r_tok, *_ = memory.memory_recurrence(q, k, v, memory.log_decay(log_lam, valid), eta, A0, rule, True)
   assert_differs(r, r_tok, what="chunk-start vs per-token reads")
 
 
@@ -187,7 +276,7 @@ def test_chunk_start_scan_final_state_is_exact_for_linear_rules(rule):
   """The weighted-sum carry equals per-token writes (§1: "equals per-token writes")."""
   q, k, v, log_lam, eta, A0, valid = _stream(seed=17, invalid=False)
   _, _, A, _ = memory.chunk_start_scan(q, k, v, log_lam, valid, eta, A0, rule, C, mean=False)
-  _, A_tok = memory.memory_recurrence(q, k, v, memory.log_decay(log_lam, valid), eta, A0, rule)
+  _, _, A_tok, _ = memory.memory_recurrence(q, k, v, memory.log_decay(log_lam, valid), eta, A0, rule)
   assert_close(A, A_tok, 1e-5, "final state")
 
 
@@ -196,7 +285,7 @@ def test_chunk_mean_differs_from_per_token_writes(rule):
   q, k, v, log_lam, eta, A0, valid = _stream(seed=19, invalid=False)
   _, _, A_mean, _ = memory.chunk_start_scan(q, k, v, log_lam, valid, eta, A0, rule, C, mean=True)
   _, _, A_ws, _ = memory.chunk_start_scan(q, k, v, log_lam, valid, eta, A0, rule, C, mean=False)
-  _, A_tok = memory.memory_recurrence(q, k, v, memory.log_decay(log_lam, valid), eta, A0, rule)
+  _, _, A_tok, _ = memory.memory_recurrence(q, k, v, memory.log_decay(log_lam, valid), eta, A0, rule)
   assert_differs(A_mean, A_tok, 0.1, "chunk mean vs per-token")
   assert_differs(A_mean, A_ws, 0.1, "chunk mean vs weighted sum")
 
@@ -246,7 +335,7 @@ def test_chunk_mean_has_c2_minus_c_cross_terms(Cn):
   recon = np.einsum("ij,id,je->de", c, keys.astype(np.float64), vals.astype(np.float64))
   assert_close(recon, A_mean[0, 0], 1e-5, "pair expansion")
 
-  _, A_exact = memory.memory_recurrence(q, k, v, memory.log_decay(log_lam, valid), eta_H, A0, "outer")
+  _, _, A_exact, _ = memory.memory_recurrence(q, k, v, memory.log_decay(log_lam, valid), eta_H, A0, "outer")
   c_exact = coefficients(A_exact)
   np.testing.assert_allclose(c_exact[off], 0.0, atol=1e-6)
   np.testing.assert_allclose(np.diag(c_exact), eta * lam ** (Cn - 1 - np.arange(Cn)), rtol=1e-5)
@@ -294,7 +383,7 @@ def test_exact_training_path_equals_naive_eviction_scan(rule, impl):
   r_ref = _naive_evicted_scan(q, k, v, lam, eta, rule, W)
   # The reported state is A after the last position: the pairs 0 .. T-1-W written.
   n = T - W
-  _, A = memory.memory_recurrence(q[:, :n], memory.normalize_key(k[:, :n]), v[:, :n],
+  _, _, A, _ = memory.memory_recurrence(q[:, :n], memory.normalize_key(k[:, :n]), v[:, :n],
                                   memory.log_decay(jnp.log(lam), jnp.ones((n,), bool)), eta,
                                   jnp.zeros((B, H, D, D)), rule)
   np.testing.assert_allclose(memory_norm, jnp.sqrt(jnp.sum(A ** 2, axis=(-2, -1))).mean(), rtol=1e-5)
@@ -303,3 +392,30 @@ def test_exact_training_path_equals_naive_eviction_scan(rule, impl):
   # Off-by-one in the eviction delay would be caught.
   assert_differs(_naive_evicted_scan(q, k, v, lam, eta, rule, W + 1), r_ref, what="W + 1 delay")
   assert_differs(_naive_evicted_scan(q, k, v, lam, eta, rule, W - 1), r_ref, what="W - 1 delay")
+
+
+@pytest.mark.parametrize("variant", [
+    dict(rule="delta"), dict(rule="delta", compat="reference"), dict(rule="wedge", compat="reference"),
+    dict(rule="delta", normalize_read=True, compat="reference"), dict(rule="outer", normalize_read=True),
+    dict(rule="delta", two_timescales=True, compat="reference")], ids=str)
+def test_streaming_chunk_xla_equals_reference(variant):
+  """``tc_extend`` (a streaming chunk from a nonzero state, some steps without an eviction)
+  through the chunked scan equals the per-token recurrence: both read orders
+  (``compat='reference'`` reads before it writes), the normaliser and two timescales."""
+  cfg = ModelConfig(mechanism="tc", n_head=H, d_model=H * D, window=8, chunk=C, **variant)
+  q, _, v, log_lam, eta, A0, valid = _stream(seed=60)
+  k = normal(61, (B, T, H, D))
+  mp = mechanisms.MemoryParams(log_lam, eta)
+  if cfg.two_timescales:
+    mp = mp._replace(log_lam_slow=log_lam / 10, eta_slow=eta / 5, alpha=jnp.array([0.3, 0.8]))
+  state = mechanisms.cache_lib.MemoryState(
+      A0, normal(62, (B, H, D), 0.3) if cfg.normalize_read else None,
+      normal(63, (B, H, D, D), 0.3) if cfg.two_timescales else None)
+  run = jax.jit(mechanisms.tc_extend, static_argnums=6)
+  r, st = run(q, k, v, valid, mp, state, cfg.replace(impl="xla"))
+  r_ref, st_ref = run(q, k, v, valid, mp, state, cfg.replace(impl="reference"))
+  assert_close(r, r_ref, 1e-5, "reads")
+  for a, b in zip(jax.tree_util.tree_leaves(st), jax.tree_util.tree_leaves(st_ref)):
+    assert_close(a, b, 1e-5, "state")
+  other, _ = run(q, k, v, valid, mp, state, cfg.replace(impl="reference", compat="exact" if cfg.compat == "reference" else "reference"))
+  assert_differs(other, r_ref, what="read order")

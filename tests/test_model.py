@@ -118,13 +118,24 @@ def test_prefill_continues_from_a_cache():
 # ------------------------------------------------------------------ implementations agree
 
 
-@pytest.mark.parametrize("case", ["tc_outer", "tc_delta", "tc_wedge", "window", "full"])
+IMPL_CASES = {
+    **{c: MECH_CASES[c] for c in ("tc_outer", "tc_delta", "tc_wedge", "tc_normalize_read", "tc_normalize_q",
+                                  "window", "full")},
+    "tc_two_timescales_delta": dict(mechanism="tc", rule="delta", two_timescales=True),
+    "tc_delta_window_lt_chunk": dict(mechanism="tc", rule="delta", chunk=16),  # W = 8 < C = 16
+    "tc_wedge_normalize_read": dict(mechanism="tc", rule="wedge", normalize_read=True),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPL_CASES))
 def test_reference_and_xla_impls_agree(case):
-  """Dense attention + per-token recurrence vs chunked attention + chunked scan (one layer:
-  the dispatch is per layer; sinks are covered in test_attention)."""
-  cfg = small_config(**MECH_CASES[case], n_layer=1)
-  toks = tokens(_seed(case) + 100)
-  _, params = init_model(cfg, seed=_seed(case))
+  """Dense attention + per-token recurrence vs chunked attention + chunked scan, logits and
+  every gradient (one layer: the dispatch is per layer; sinks are covered in test_attention).
+  small_config has W = 8 > C = 4 and T = 37, a multiple of neither."""
+  cfg = small_config(**IMPL_CASES[case], n_layer=1)
+  seed = list(IMPL_CASES).index(case) + 1
+  toks = tokens(seed + 100)
+  _, params = init_model(cfg, seed=seed)
   (loss_ref, l_ref), g_ref = value_and_grad(GPT(cfg.replace(impl="reference")), params, toks)
   (loss_xla, l_xla), g_xla = value_and_grad(GPT(cfg.replace(impl="xla")), params, toks)
   assert_close(l_xla, l_ref, 1e-5, "logits")
