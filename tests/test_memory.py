@@ -103,6 +103,7 @@ def _numpy_recurrence(q, k, v, g, eta, A0, z0, rule, read_first):
   return r, qz, A, z
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("chunk", [C, 5, 64], ids=lambda c: f"chunk{c}")
 @pytest.mark.parametrize("read_first", [False, True], ids=["write_then_read", "read_first"])
 @pytest.mark.parametrize("rule", RULES)
@@ -133,6 +134,7 @@ def test_memory_scan_equals_per_token_recurrence(rule, read_first, chunk):
   assert_differs(_numpy_recurrence(q, k, v, g, eta, 0 * A0, z0, rule, read_first)[0], r_np, what="initial state")
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("read_first", [False, True], ids=["write_then_read", "read_first"])
 @pytest.mark.parametrize("rule", RULES)
 def test_memory_scan_gradients_equal_per_token_recurrence(rule, read_first):
@@ -369,6 +371,7 @@ def _naive_evicted_scan(q, k, v, lam_H, eta_H, rule: str, W: int):
   return r.swapaxes(0, 1)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("impl", ["reference", "xla"])
 @pytest.mark.parametrize("rule", RULES)
 def test_exact_training_path_equals_naive_eviction_scan(rule, impl):
@@ -394,6 +397,7 @@ def test_exact_training_path_equals_naive_eviction_scan(rule, impl):
   assert_differs(_naive_evicted_scan(q, k, v, lam, eta, rule, W - 1), r_ref, what="W - 1 delay")
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("variant", [
     dict(rule="delta"), dict(rule="delta", compat="reference"), dict(rule="wedge", compat="reference"),
     dict(rule="delta", normalize_read=True, compat="reference"), dict(rule="outer", normalize_read=True),

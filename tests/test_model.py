@@ -76,6 +76,7 @@ def _decode_all(model, params, toks):
 # ------------------------------------------------------------------ streaming == parallel
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_parallel_equals_decode_equals_prefill(case):
   cfg = small_config(**MECH_CASES[case])
@@ -127,6 +128,7 @@ IMPL_CASES = {
 }
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("case", list(IMPL_CASES))
 def test_reference_and_xla_impls_agree(case):
   """Dense attention + per-token recurrence vs chunked attention + chunked scan, logits and
