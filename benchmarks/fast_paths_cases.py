@@ -19,6 +19,7 @@ grain, tensorboardX: the meta line lists any that got imported).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -381,7 +382,7 @@ def run_tc_attention(S, opts, emit) -> None:
 # ------------------------------------------------------------------ GPT-124M training step
 
 ARMS = {"window": ("window", "delta"), "full": ("full", "delta"), "tc_outer": ("tc", "outer"),
-        "tc_delta": ("tc", "delta")}
+        "tc_delta": ("tc", "delta"), "gpt2_b32": ("tc", "delta")}
 
 
 def gpt_config(S, mechanism, rule, window, max_len) -> ModelConfig:
@@ -417,6 +418,8 @@ def train_flops(S, cfg: ModelConfig, n_params: int) -> float:
 
 def run_train(S, opts, arm: str, emit) -> None:
   mechanism, rule = ARMS[arm]
+  if arm == "gpt2_b32":  # the gpt2 preset at its default batch (32) and byte vocabulary
+    S = dataclasses.replace(S, train_B=4 * S.train_B, vocab=256)
   cfg = gpt_config(S, mechanism, rule, S.train_W, S.train_T)
   model = GPT(cfg)
   batches = [jax.random.randint(jax.random.PRNGKey(31 + i), (S.train_B, S.train_T + 1), 0, S.vocab)
