@@ -12,7 +12,8 @@ Two implementations of the parallel form:
   and no ``T x T`` array exists (``Impl.XLA``).
 
 ``attend`` is the shared core, also used by streaming, where keys come from the ring buffer
-with explicit positions.
+with explicit positions. The other libraries' kernels that ``Impl.AUTO`` prefers on GPU and
+TPU (cuDNN, splash) are in ``fast_attention.py``; both forms here are their oracles.
 """
 
 from __future__ import annotations

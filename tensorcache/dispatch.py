@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import enum
 
-from tensorcache import attention, infini, memory
+import jax.numpy as jnp
+
+from tensorcache import attention, fast_attention, infini, memory
 
 
 class Impl(enum.Enum):
@@ -30,10 +32,43 @@ def resolve(impl: Impl | str) -> Impl:
 
 
 def l1_attention(q, k, v, *, window, num_sinks=0, q_sink=None, block=128, impl=Impl.AUTO):
-  """Parallel L1 attention (see ``attention.py``)."""
-  if resolve(impl) is Impl.REFERENCE:
+  """Parallel L1 attention (see ``attention.py``; ``window=None`` is full causal attention).
+
+  ``REFERENCE`` is the dense ``T x T`` oracle, ``XLA`` the chunked ``lax.scan`` form (query
+  blocks of ``block``). ``AUTO`` takes the fastest kernel of the platform the op is lowered
+  for (``fast_attention.per_platform``; an ahead-of-time compile for TPU on a CPU host takes
+  the TPU column), the same kernels for windowed, full and dense-trained L1:
+
+  ==============================================  =====================  ===================
+  call                                            GPU (cuda)             TPU
+  ==============================================  =====================  ===================
+  bf16/fp16, no sinks, any window or None         cuDNN sliding window   splash, local mask
+  sinks (``num_sinks > 0`` with a window)         chunked XLA            chunked XLA
+  in-cache sink positions (``q_sink``)            chunked XLA            chunked XLA
+  float32                                         chunked XLA            chunked XLA
+  the kernel rejects it while tracing             chunked XLA            chunked XLA
+  ==============================================  =====================  ===================
+
+  Other platforms (CPU) run chunked XLA. Why these fall back: neither kernel can add the
+  sink keys ``s < num_sinks`` to a sliding window nor score some keys with a second query;
+  float32 keeps the chunked form, which rounds like the streaming path (``attend``) that must
+  equal it to 1e-5 (cuDNN takes half precision only; splash's float32 matmuls run at Mosaic's
+  default precision); cuDNN rejects head dims above 256 (128 before Hopper) or not a
+  multiple of 8, and a process without cuDNN; splash rejects a batch that does not split
+  over the mesh (``fast_attention.splash_attention``). Rejections are logged at INFO.
+  """
+  impl = Impl(impl)
+  if impl is Impl.REFERENCE:
     return attention.dense_attention(q, k, v, window, num_sinks, q_sink)
-  return attention.chunked_window_attention(q, k, v, window, num_sinks, q_sink, block)
+
+  def chunked(q, k, v):
+    return attention.chunked_window_attention(q, k, v, window, num_sinks, q_sink, block)
+
+  sinks = q_sink is not None or (num_sinks > 0 and window is not None)
+  half = q.dtype in (jnp.bfloat16, jnp.float16) and q.dtype == k.dtype == v.dtype
+  if impl is Impl.XLA or sinks or not half:
+    return chunked(q, k, v)
+  return fast_attention.per_platform(q, k, v, window, chunked)
 
 
 # ------------------------------------------------------------------ L2
