@@ -54,16 +54,19 @@ def attend(
   ``q`` (sinks with in-cache RoPE positions). A row with no visible key returns zeros.
   """
   scale = 1.0 / jnp.sqrt(jnp.float32(q_BTHD.shape[-1]))
-  logits = jnp.einsum("bthd,bshd->bhts", q_BTHD, k_BSHD, preferred_element_type=jnp.float32)
+  # float32 inputs get float32 products (not TF32 / one bf16 pass); half-precision inputs
+  # multiply exactly on tensor cores with float32 accumulation either way.
+  prec = jax.lax.Precision.HIGHEST if q_BTHD.dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+  logits = jnp.einsum("bthd,bshd->bhts", q_BTHD, k_BSHD, preferred_element_type=jnp.float32, precision=prec)
   if q_alt_BTHD is not None:
-    alt = jnp.einsum("bthd,bshd->bhts", q_alt_BTHD, k_BSHD, preferred_element_type=jnp.float32)
+    alt = jnp.einsum("bthd,bshd->bhts", q_alt_BTHD, k_BSHD, preferred_element_type=jnp.float32, precision=prec)
     logits = jnp.where(use_alt[..., None, None, :], alt, logits)
   logits = jnp.where(mask[..., None, :, :] if mask.ndim == 3 else mask, logits * scale, NEG_INF)
   m = jnp.max(logits, axis=-1, keepdims=True)
   p = jnp.exp(logits - m)
   p = jnp.where(logits > NEG_INF / 2, p, 0.0)
   denom = jnp.maximum(jnp.sum(p, axis=-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
-  out = jnp.einsum("bhts,bshd->bthd", p / denom, v_BSHD.astype(jnp.float32))
+  out = jnp.einsum("bhts,bshd->bthd", p / denom, v_BSHD.astype(jnp.float32), precision=prec)
   return out.astype(q_BTHD.dtype)
 
 
