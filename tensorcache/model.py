@@ -25,6 +25,12 @@ def _logit(p: float) -> float:
   return float(np.clip(math.log(p / (1.0 - p)), -10.0, 10.0))
 
 
+def _precision(cfg: ModelConfig):
+  """float32 models get float32 matmuls on every platform (XLA's default is TF32 on GPU and
+  one bf16 pass on TPU); half-precision models keep the fast default."""
+  return jax.lax.Precision.HIGHEST if cfg.dtype == "float32" else None
+
+
 def _const(value: float):
   return lambda key, shape, dtype=f32: jnp.full(shape, value, dtype)
 
@@ -53,8 +59,9 @@ class Attention(nn.Module):
     dt = jnp.dtype(c.dtype)
     normal = nn.initializers.normal(0.02)
     resid = nn.initializers.normal(0.02 / math.sqrt(2 * c.n_layer))
-    self.c_attn = nn.Dense(3 * c.d_model, use_bias=False, kernel_init=normal, dtype=dt)
-    self.c_proj = nn.Dense(c.d_model, use_bias=False, kernel_init=resid, dtype=dt)
+    prec = _precision(c)
+    self.c_attn = nn.Dense(3 * c.d_model, use_bias=False, kernel_init=normal, dtype=dt, precision=prec)
+    self.c_proj = nn.Dense(c.d_model, use_bias=False, kernel_init=resid, dtype=dt, precision=prec)
     self.memory = c.has_memory(self.layer)
     H = c.n_head
     if self.memory:
@@ -65,10 +72,11 @@ class Attention(nn.Module):
         self.lr_slow_logit = self.param("lr_slow_logit", _const(_logit(c.lr_slow_init)), (H,))
         self.alpha_logit = self.param("alpha_logit", _const(_logit(c.alpha_init)), (H,))
       if c.per_token_gate:
-        self.gate_proj = nn.Dense(1, kernel_init=nn.initializers.zeros, bias_init=_const(c.gate_init), dtype=dt)
+        self.gate_proj = nn.Dense(1, kernel_init=nn.initializers.zeros, bias_init=_const(c.gate_init), dtype=dt,
+                                  precision=prec)
       else:
         self.gate = self.param("gate", _const(c.gate_init), (1,))
-      self.tc_proj = nn.Dense(c.d_model, use_bias=False, kernel_init=normal, dtype=dt)
+      self.tc_proj = nn.Dense(c.d_model, use_bias=False, kernel_init=normal, dtype=dt, precision=prec)
     if c.mechanism == "infini":
       self.beta = self.param("beta", nn.initializers.zeros, (H,))
 
@@ -136,10 +144,12 @@ class MLP(nn.Module):
   def __call__(self, x):
     c = self.cfg
     dt = jnp.dtype(c.dtype)
-    h = nn.Dense(4 * c.d_model, use_bias=False, kernel_init=nn.initializers.normal(0.02), dtype=dt, name="fc")(x)
+    prec = _precision(c)
+    h = nn.Dense(4 * c.d_model, use_bias=False, kernel_init=nn.initializers.normal(0.02), dtype=dt,
+                 precision=prec, name="fc")(x)
     h = jax.nn.gelu(h, approximate=False)
     resid = nn.initializers.normal(0.02 / math.sqrt(2 * c.n_layer))
-    return nn.Dense(c.d_model, use_bias=False, kernel_init=resid, dtype=dt, name="proj")(h)
+    return nn.Dense(c.d_model, use_bias=False, kernel_init=resid, dtype=dt, precision=prec, name="proj")(h)
 
 
 def _layer_norm(cfg: ModelConfig, name: str):
@@ -178,7 +188,8 @@ class GPT(nn.Module):
     self.ln_f = _layer_norm(c, "ln_f")
 
   def _head(self, x):
-    return self.wte.attend(self.ln_f(x).astype(f32)).astype(f32)
+    h = self.ln_f(x).astype(f32)
+    return jnp.einsum("btm,vm->btv", h, self.wte.embedding.astype(f32), precision=_precision(self.cfg))
 
   def __call__(self, tokens):
     """Parallel forward: logits ``[B, T, V]`` for every position."""
