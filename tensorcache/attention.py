@@ -11,9 +11,12 @@ Two implementations of the parallel form:
   ``block + window - 1`` keys it can see (plus the sinks), so memory is ``O(T * (W + block))``
   and no ``T x T`` array exists (``Impl.XLA``).
 
-``attend`` is the shared core, also used by streaming, where keys come from the ring buffer
-with explicit positions. The other libraries' kernels that ``Impl.AUTO`` prefers on GPU and
-TPU (cuDNN, splash) are in ``fast_attention.py``; both forms here are their oracles.
+The other libraries' kernels that ``Impl.AUTO`` prefers on GPU and TPU (cuDNN, splash) are
+in ``fast_attention.py``; both forms here are their oracles.
+
+``attend`` is the shared core. Streaming (``stream_attention``) scores a chunk against the
+ring buffer (keys with explicit slot positions) and against itself as two blocks under one
+softmax; ``concat_stream_attention``, its oracle, concatenates them and calls ``attend``.
 """
 
 from __future__ import annotations
@@ -139,3 +142,67 @@ def chunked_window_attention(
   xs = (jnp.arange(nb), q_blocks, qs_blocks)
   _, out = jax.lax.scan(body, None, xs)
   return out.swapaxes(0, 1).reshape(B, nb * Q, H, D)[:, :T]
+
+
+def _stream_block(q_BPHD, q_sink_BPHD, k_BHSD, q_pos_P, k_pos_S, window, num_sinks):
+  """Scaled float32 scores ``[B, H, P, S]`` of a chunk's queries against one key block, and
+  the block's L1 mask ``[P, S]`` (sink keys scored against ``q_sink`` when it is given)."""
+  scale = 1.0 / jnp.sqrt(jnp.float32(q_BPHD.shape[-1]))
+  prec = jax.lax.Precision.HIGHEST if q_BPHD.dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+  score = lambda q: jnp.einsum("bphd,bhsd->bhps", q, k_BHSD, preferred_element_type=jnp.float32, precision=prec)
+  s = score(q_BPHD)
+  if q_sink_BPHD is not None:
+    s = jnp.where(k_pos_S < num_sinks, score(q_sink_BPHD), s)
+  return s * scale, visible(q_pos_P, k_pos_S, window, num_sinks)
+
+
+def stream_attention(
+    q_BPHD: Float[Array, "B P H D"],
+    k_cache_BHSD: Float[Array, "B H S D"],
+    v_cache_BHSD: Float[Array, "B H S D"],
+    cache_pos_S: Int[Array, "S"],
+    k_BPHD: Float[Array, "B P H D"],
+    v_BPHD: Float[Array, "B P H D"],
+    positions_P: Int[Array, "P"],
+    window: int | None,
+    num_sinks: int = 0,
+    q_sink_BPHD: Float[Array, "B P H D"] | None = None,
+) -> Float[Array, "B P H D"]:
+  """A chunk of ``P`` queries against a streaming cache (as it was before the chunk) and
+  against the chunk itself, under the L1 mask (``visible``; cache slots at -1 are empty).
+
+  The cache block ``s_c [P, S]`` and the chunk block ``s_p [P, P]`` share one softmax:
+  ``o = (e_c V_c + e_p V_p) / (sum e_c + sum e_p)``, ``e = exp(s - m)``, ``m`` the row max
+  over both blocks. The cache is read in place: nothing of ``S + P`` keys is built, and its
+  heads-major layout batches both products over ``(B, H)`` as stored (no transposed copy).
+  Scores, max and sums are float32, float32 inputs multiply at HIGHEST precision (as in
+  ``attend``). The probabilities enter the value product in the values' dtype with a float32
+  result: exact for float32, and for bf16 the flash-attention practice, cheaper than a
+  float32 copy of the cache.
+  """
+  k_BHPD, v_BHPD = k_BPHD.swapaxes(1, 2), v_BPHD.swapaxes(1, 2)
+  s_c, ok_c = _stream_block(q_BPHD, q_sink_BPHD, k_cache_BHSD, positions_P, cache_pos_S, window, num_sinks)
+  s_p, ok_p = _stream_block(q_BPHD, q_sink_BPHD, k_BHPD, positions_P, positions_P, window, num_sinks)
+  row_max = lambda s, ok: jnp.max(jnp.where(ok, s, NEG_INF), axis=-1, keepdims=True)
+  m = jnp.maximum(row_max(s_c, ok_c), row_max(s_p, ok_p))
+  e_c = jnp.where(ok_c, jnp.exp(s_c - m), 0.0)
+  e_p = jnp.where(ok_p, jnp.exp(s_p - m), 0.0)
+  denom = jnp.maximum(e_c.sum(-1, keepdims=True) + e_p.sum(-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+  prec = jax.lax.Precision.HIGHEST if v_cache_BHSD.dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+
+  def values(e, v_BHSD):
+    return jnp.einsum("bhps,bhsd->bphd", (e / denom).astype(v_BHSD.dtype), v_BHSD,
+                      preferred_element_type=jnp.float32, precision=prec)
+
+  return (values(e_c, v_cache_BHSD) + values(e_p, v_BHPD)).astype(q_BPHD.dtype)
+
+
+def concat_stream_attention(q_BPHD, k_cache_BHSD, v_cache_BHSD, cache_pos_S, k_BPHD, v_BPHD, positions_P,
+                            window, num_sinks=0, q_sink_BPHD=None) -> Float[Array, "B P H D"]:
+  """The oracle of ``stream_attention`` (``Impl.REFERENCE``): cache and chunk concatenated
+  into ``S + P`` keys under one masked softmax (``attend``)."""
+  keys = jnp.concatenate([k_cache_BHSD.swapaxes(1, 2).astype(k_BPHD.dtype), k_BPHD], axis=1)
+  values = jnp.concatenate([v_cache_BHSD.swapaxes(1, 2).astype(v_BPHD.dtype), v_BPHD], axis=1)
+  k_pos = jnp.concatenate([cache_pos_S, positions_P])
+  use_alt = k_pos < num_sinks if q_sink_BPHD is not None else None
+  return attend(q_BPHD, keys, values, visible(positions_P, k_pos, window, num_sinks), q_sink_BPHD, use_alt)

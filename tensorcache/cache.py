@@ -17,8 +17,10 @@ from jaxtyping import Array, Float, Int
 
 
 class KVCache(NamedTuple):
-  k: Float[Array, "B S H D"]  # post-RoPE keys
-  v: Float[Array, "B S H D"]
+  """Keys (post-RoPE) and values, heads-major: attention products batched over ``(B, H)``
+  read the cache as stored."""
+  k: Float[Array, "B H S D"]
+  v: Float[Array, "B H S D"]
 
 
 class MemoryState(NamedTuple):
@@ -52,36 +54,49 @@ def slot_of(p: Int[Array, "*P"], size: int, num_sinks: int) -> Int[Array, "*P"]:
   return jnp.where(p < num_sinks, p, num_sinks + (p - num_sinks) % (size - num_sinks))
 
 
-def write_slots(positions: Int[Array, "P"], size: int, num_sinks: int) -> Int[Array, "P"]:
-  """Slots to write a chunk into; a token overwritten later in the same chunk gets ``size``
-  (out of bounds, dropped by the scatter) so every slot is written at most once."""
-  ring = size - num_sinks
-  last = positions[-1]
-  overwritten = (positions >= num_sinks) & (positions + ring <= last)
-  return jnp.where(overwritten, size, slot_of(positions, size, num_sinks))
+class Writes(NamedTuple):
+  """Where a chunk goes: its tokens ``[first:]`` into ``slots``. ``first`` and ``drop`` are
+  static; ``drop``: some slots are ``size`` (out of bounds), to be skipped by the scatter."""
+  first: int
+  slots: Int[Array, "N"]
+  drop: bool
 
 
-def insert(kv: KVCache, k_BPHD, v_BPHD, slots) -> KVCache:
-  """Writes a chunk's keys and values into their slots (from ``write_slots``)."""
-  k = kv.k.at[:, slots].set(k_BPHD.astype(kv.k.dtype), mode="drop")
-  v = kv.v.at[:, slots].set(v_BPHD.astype(kv.v.dtype), mode="drop")
-  return KVCache(k, v)
+def write_slots(positions: Int[Array, "P"], size: int, num_sinks: int) -> Writes:
+  """Slots a chunk's tokens are written to, every slot at most once: a token overwritten
+  later in the same chunk is not written. Only a chunk longer than the ring of a cache with
+  sinks needs dropped writes (which of its tokens are sinks depends on the traced position);
+  otherwise every index is in bounds and the write updates a donated cache in place.
+  """
+  P, ring = positions.shape[0], size - num_sinks
+  if P <= ring:
+    return Writes(0, slot_of(positions, size, num_sinks), False)
+  if not num_sinks:  # only the last ``ring`` tokens survive
+    return Writes(P - ring, slot_of(positions[P - ring:], size, 0), False)
+  overwritten = (positions >= num_sinks) & (positions + ring <= positions[-1])
+  return Writes(0, jnp.where(overwritten, size, slot_of(positions, size, num_sinks)), True)
 
 
-def record(slot_pos, slots, positions) -> Int[Array, "S"]:
+def _set(x, index, values, w: Writes):
+  """``x[index] = values``: a scatter of unique in-bounds indices unless ``w.drop``."""
+  mode = "drop" if w.drop else "promise_in_bounds"
+  return x.at[index].set(values.astype(x.dtype), mode=mode, unique_indices=not w.drop)
+
+
+def insert(kv: KVCache, k_BPHD, v_BPHD, w: Writes) -> KVCache:
+  """Writes a chunk's keys and values into their slots (``write_slots``)."""
+  slots = (slice(None), slice(None), w.slots)
+  return KVCache(_set(kv.k, slots, k_BPHD[:, w.first:].swapaxes(1, 2), w),
+                 _set(kv.v, slots, v_BPHD[:, w.first:].swapaxes(1, 2), w))
+
+
+def record(slot_pos, w: Writes, positions) -> Int[Array, "S"]:
   """The positions the slots hold after ``insert`` (shared by all layers)."""
-  return slot_pos.at[slots].set(positions, mode="drop")
-
-
-def chronological(kv: KVCache, slot_pos, pos) -> tuple[Float[Array, "B W H D"], Float[Array, "B W H D"], Int[Array, "W"]]:
-  """The ``W`` most recent tokens before ``pos`` of a sink-free ring, oldest first."""
-  W = slot_pos.shape[0]
-  slots = (pos - W + jnp.arange(W)) % W
-  return kv.k[:, slots], kv.v[:, slots], slot_pos[slots]
+  return _set(slot_pos, w.slots, positions[w.first:], w)
 
 
 def empty_kv(batch: int, size: int, heads: int, head_dim: int, dtype) -> KVCache:
-  shape = (batch, size, heads, head_dim)
+  shape = (batch, heads, size, head_dim)
   return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
@@ -94,4 +109,4 @@ def empty_memory(batch: int, heads: int, head_dim: int, normalize_read: bool, tw
 def empty_infini(batch: int, heads: int, head_dim: int) -> InfiniState:
   M = jnp.zeros((batch, heads, head_dim, head_dim), jnp.float32)
   z = jnp.zeros((batch, heads, head_dim), jnp.float32)
-  return InfiniState(M, z, M, z)
+  return InfiniState(M, z, jnp.zeros_like(M), jnp.zeros_like(z))  # distinct buffers: caches are donated

@@ -71,6 +71,16 @@ def l1_attention(q, k, v, *, window, num_sinks=0, q_sink=None, block=128, impl=I
   return fast_attention.per_platform(q, k, v, window, chunked)
 
 
+def l1_stream(q, k_cache, v_cache, cache_pos, k, v, positions, *, window, num_sinks=0, q_sink=None,
+              impl=Impl.AUTO):
+  """Streaming L1 attention: a chunk's queries ``[B, P, H, D]`` at ``positions [P]`` against
+  the cache's keys/values ``[B, H, S, D]`` (heads-major; slot positions ``cache_pos [S]``,
+  -1 empty) and the chunk's own keys/values ``[B, P, H, D]`` (``attention.stream_attention``).
+  ``REFERENCE`` concatenates cache and chunk (``attention.concat_stream_attention``)."""
+  fn = attention.concat_stream_attention if resolve(impl) is Impl.REFERENCE else attention.stream_attention
+  return fn(q, k_cache, v_cache, cache_pos, k, v, positions, window, num_sinks, q_sink)
+
+
 # ------------------------------------------------------------------ L2
 
 

@@ -17,7 +17,6 @@ import time
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -39,7 +38,9 @@ def peak_device_bytes() -> int | None:
 def streaming_logprobs(model: GPT, params, inputs, targets, *, chunk: int = 256, batch: int = 8):
   """Per-token log-likelihood ``[N, T]`` of ``targets``, streaming ``inputs`` in chunks.
 
-  Rows are padded to a multiple of ``batch`` so every call has one shape (one compile).
+  The log-probabilities are taken inside the prefill scan (``inference.prefill_logprobs``),
+  so no ``[batch, T, V]`` logits exist and the length is bounded by the ``[N, T]`` output
+  only. Rows are padded to a multiple of ``batch`` so every call has one shape (one compile).
   """
   n = inputs.shape[0]
   batch = min(batch, n)
@@ -47,9 +48,8 @@ def streaming_logprobs(model: GPT, params, inputs, targets, *, chunk: int = 256,
   inputs, targets = (np.concatenate([x, np.repeat(x[:1], pad, 0)]) for x in (inputs, targets))
   out = []
   for i in range(0, inputs.shape[0], batch):
-    logits, _ = inference.prefill(model, params, inputs[i:i + batch], chunk=chunk, all_logits=True)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    out.append(np.asarray(jnp.take_along_axis(logp, jnp.asarray(targets[i:i + batch])[..., None], -1)[..., 0]))
+    (logp, _), _ = inference.prefill_logprobs(model, params, inputs[i:i + batch], targets[i:i + batch], chunk=chunk)
+    out.append(np.asarray(logp))
   return np.concatenate(out)[:n]
 
 
@@ -96,8 +96,9 @@ def recall_accuracy(cfg: ModelConfig, params, data_config, *, seq_len: int, num_
   ex = data.make_eval_windows(data_config, seq_len=seq_len, num_windows=num_examples)
   correct = []
   for i in range(0, ex["inputs"].shape[0], 8):
-    logits, _ = inference.prefill(model, params, ex["inputs"][i:i + 8], chunk=chunk, all_logits=True)
-    correct.append(np.asarray(jnp.argmax(logits, -1)) == ex["targets"][i:i + 8])
+    targets = ex["targets"][i:i + 8]
+    (_, argmax), _ = inference.prefill_logprobs(model, params, ex["inputs"][i:i + 8], targets, chunk=chunk)
+    correct.append(np.asarray(argmax) == targets)
   correct = np.concatenate(correct)
   answer = ex["weights"] > 0
   dist = ex["distance"] / cfg.window

@@ -1,8 +1,14 @@
 """Streaming inference: cache construction, decode step, chunked prefill and generation.
 
-All three run ``GPT.extend``: a decode step is a chunk of one token, a prefill is a
+All of them run ``GPT.extend``: a decode step is a chunk of one token, a prefill is a
 ``lax.scan`` over prompt chunks carrying the cache (same results as token by token), and
 ``generate`` runs prefill and the whole sampling loop inside one ``jit``.
+
+The cache given to ``decode_step`` or ``prefill`` is donated: the call consumes it (its
+buffers are updated in place) and returns the new one. Nothing is read back from the device
+per step: token ids and the ``full`` cache's capacity are checked on the host where the
+values are there already (host ids, prompt lengths); inside ``jit`` bad input yields NaN
+logits instead (``GPT.extend``).
 """
 
 from __future__ import annotations
@@ -40,57 +46,107 @@ def _check_capacity(cfg: ModelConfig, length: int) -> None:
         "raise max_len or use a bounded mechanism (window, sinks, infini, tc).")
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def _extend(model: GPT, params, cache, tokens):
   return model.apply(params, tokens, cache, method=GPT.extend)
 
 
 def decode_step(model: GPT, params, cache: cache_lib.Cache, tokens):
-  """One token per sequence ``tokens [B]``: returns logits ``[B, V]`` and the new cache."""
-  check_tokens(tokens, model.cfg.vocab_size)
-  if model.cfg.mechanism == "full":
-    _check_capacity(model.cfg, int(cache.pos) + 1)
+  """One token per sequence ``tokens [B]``: returns logits ``[B, V]`` and the new cache.
+
+  ``cache`` is donated. Host ids (NumPy, lists) are checked; device arrays are not read back,
+  so a step never waits for the device: an id outside ``[0, V)``, or a step past the ``full``
+  cache's ``max_len``, gives NaN logits instead of an error.
+  """
+  if not isinstance(tokens, jax.Array):
+    check_tokens(tokens, model.cfg.vocab_size)
   logits, cache = _extend(model, params, cache, jnp.asarray(tokens)[:, None])
   return logits[:, 0], cache
 
 
-def _prefill(model: GPT, params, cache, tokens, chunk: int, all_logits: bool):
+def _stream(model: GPT, mode: str, chunk: int, params, cache, tokens, targets):
+  """``GPT.extend`` over ``tokens [B, T]`` from ``cache`` (a fresh one if None): a ``lax.scan``
+  over chunks of ``chunk`` tokens, then the remainder. Returns ``(out, cache)``; ``out`` per
+  ``mode``:
+
+  * ``"last"``: the last position's logits ``[B, V]``, carried through the scan;
+  * ``"all"``: the logits ``[B, T, V]``;
+  * ``"targets"``: ``(log p(targets) [B, T] float32, argmax [B, T] int32)``, each chunk's
+    computed from its logits inside its step.
+
+  Only ``"all"`` keeps anything of size ``T x V``.
+  """
   B, T = tokens.shape
-  n, rest = divmod(T, chunk)
+  if cache is None:
+    cache = init_cache(model.cfg, B)
+  last = jnp.zeros((B, model.cfg.vocab_size), jnp.float32) if mode == "last" else None
 
-  def body(cache, tok):
-    logits, cache = model.apply(params, tok, cache, method=GPT.extend)
-    return cache, logits if all_logits else logits[:, -1:]
+  def step(carry, xs):
+    cache, last = carry
+    tok, tgt = xs
+    logits, cache = model.apply(params, tok, cache, last_only=mode == "last", method=GPT.extend)
+    if mode == "last":
+      return (cache, logits[:, 0]), None
+    if mode == "all":
+      return (cache, last), logits
+    logp = jnp.take_along_axis(logits, tgt[..., None], -1)[..., 0] - jax.nn.logsumexp(logits, -1)
+    return (cache, last), (logp, jnp.argmax(logits, -1).astype(jnp.int32))
 
-  outs = []
+  n = T // chunk
+  carry, outs = (cache, last), []
   if n:
-    chunks = tokens[:, : n * chunk].reshape(B, n, chunk).swapaxes(0, 1)
-    cache, logits = jax.lax.scan(body, cache, chunks)
-    outs.append(logits.swapaxes(0, 1).reshape(B, -1, logits.shape[-1]))
-  if rest:
-    cache, logits = body(cache, tokens[:, n * chunk:])
-    outs.append(logits)
-  logits = jnp.concatenate(outs, axis=1)
-  return (logits if all_logits else logits[:, -1]), cache
+    chunks = jax.tree.map(lambda x: x[:, :n * chunk].reshape(B, n, chunk).swapaxes(0, 1), (tokens, targets))
+    carry, out = jax.lax.scan(step, carry, chunks)
+    outs.append(jax.tree.map(lambda y: y.swapaxes(0, 1).reshape(B, n * chunk, *y.shape[3:]), out))
+  if T > n * chunk:
+    carry, out = step(carry, jax.tree.map(lambda x: x[:, n * chunk:], (tokens, targets)))
+    outs.append(out)
+  cache, last = carry
+  if mode == "last":
+    return last, cache
+  return jax.tree.map(lambda *ys: jnp.concatenate(ys, axis=1), *outs), cache
 
 
-_prefill_jit = jax.jit(_prefill, static_argnums=(0, 4, 5))
+_stream_jit = jax.jit(_stream, static_argnums=(0, 1, 2), donate_argnums=4)
+
+
+def _checked_prompt(model: GPT, tokens, cache):
+  """Ids checked on the host (once per call) and, under ``full``, the capacity (which reads
+  ``cache.pos`` back when a cache is continued: once per call, never per step)."""
+  check_tokens(tokens, model.cfg.vocab_size)
+  tokens = jnp.asarray(tokens)
+  if model.cfg.mechanism == "full":
+    _check_capacity(model.cfg, (0 if cache is None else int(cache.pos)) + tokens.shape[1])
+  return tokens
 
 
 def prefill(model: GPT, params, tokens, cache: cache_lib.Cache | None = None, *, chunk: int = 256,
             all_logits: bool = False):
-  """Streams a prompt ``[B, T]`` in chunks of ``chunk`` tokens (``lax.scan``).
+  """Streams a prompt ``[B, T]`` through ``cache`` (default: a fresh one; donated) in chunks
+  of ``chunk`` tokens (``lax.scan``).
 
-  Returns the last position's logits ``[B, V]`` (or all ``[B, T, V]``) and the cache.
-  Memory stays bounded for windowed mechanisms whatever ``T``.
+  Returns the last position's logits ``[B, V]`` (or all ``[B, T, V]``) and the new cache.
+  Besides the tokens and the requested logits nothing grows with ``T``: device memory is
+  bounded for windowed mechanisms whatever the prompt length.
   """
-  tokens = jnp.asarray(tokens)
-  check_tokens(tokens, model.cfg.vocab_size)
-  if cache is None:
-    cache = init_cache(model.cfg, tokens.shape[0])
-  if model.cfg.mechanism == "full":
-    _check_capacity(model.cfg, int(cache.pos) + tokens.shape[1])
-  return _prefill_jit(model, params, cache, tokens, chunk, all_logits)
+  tokens = _checked_prompt(model, tokens, cache)
+  return _stream_jit(model, "all" if all_logits else "last", chunk, params, cache, tokens, None)
+
+
+def prefill_logprobs(model: GPT, params, tokens, targets, cache: cache_lib.Cache | None = None, *,
+                     chunk: int = 256):
+  """``prefill`` scoring ``targets [B, T]`` (e.g. the next tokens) inside the scan.
+
+  Returns ``((log p(targets) [B, T] float32, argmax [B, T] int32), cache)``: each position's
+  target log-probability and most likely token. A chunk's logits live only in its scan step,
+  so no ``[B, T, V]`` array exists and a 1M-token stream scores in bounded memory.
+  """
+  tokens = _checked_prompt(model, tokens, cache)
+  check_tokens(targets, model.cfg.vocab_size)
+  targets = jnp.asarray(targets, jnp.int32)
+  if targets.shape != tokens.shape:
+    raise ValueError(f"targets {targets.shape} and tokens {tokens.shape} must have one shape.")
+  return _stream_jit(model, "targets", chunk, params, cache, tokens, targets)
 
 
 def sample_logits(rng, logits, temperature: float, top_k: int | None):
@@ -106,8 +162,7 @@ def sample_logits(rng, logits, temperature: float, top_k: int | None):
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 5, 6, 7))
 def _generate(model, params, prompt, max_new_tokens, rng, temperature, top_k, chunk):
-  cache = init_cache(model.cfg, prompt.shape[0])
-  logits, cache = _prefill(model, params, cache, prompt, chunk, False)
+  logits, cache = _stream(model, "last", chunk, params, None, prompt, None)
 
   def step(carry, rng):
     logits, cache = carry
@@ -122,8 +177,8 @@ def _generate(model, params, prompt, max_new_tokens, rng, temperature, top_k, ch
 def generate(model: GPT, params, prompt, max_new_tokens: int, rng=None, *, temperature: float = 1.0,
              top_k: int | None = None, prefill_chunk: int = 256):
   """Prompt ``[B, T]`` -> ``[B, T + max_new_tokens]``; prefill and sampling in one ``jit``."""
-  prompt = jnp.asarray(prompt, jnp.int32)
   check_tokens(prompt, model.cfg.vocab_size)
+  prompt = jnp.asarray(prompt, jnp.int32)
   _check_capacity(model.cfg, prompt.shape[1] + max_new_tokens)
   if max_new_tokens <= 0:
     return prompt

@@ -3,7 +3,7 @@
 ``extend`` processes a chunk of ``P`` new tokens against a layer's cache; ``P = 1`` is the
 decode step and a ``lax.scan`` of chunks is the prefill, so every streaming path runs the
 same code. Within a chunk, step ``i`` (position ``pos + i``) evicts the token at position
-``pos + i - W``: the evicted stream is the ring in chronological order followed by the chunk.
+``pos + i - W``: the ring's oldest entries, then (chunks longer than ``W``) the chunk's own.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from tensorcache import attention, cache as cache_lib, dispatch, memory
+from tensorcache import cache as cache_lib, dispatch, memory
 from tensorcache.config import ModelConfig
 from tensorcache.rope import apply_rope
 
@@ -49,13 +49,9 @@ def l1_parallel(q, k, v, cfg: ModelConfig, q_sink=None):
 
 
 def l1_extend(q, k, v, kv: cache_lib.KVCache, slot_pos, positions, cfg: ModelConfig, q_sink=None):
-  """Chunk queries against the cached keys plus the chunk's own keys."""
-  keys = jnp.concatenate([kv.k.astype(k.dtype), k], axis=1)
-  values = jnp.concatenate([kv.v.astype(v.dtype), v], axis=1)
-  k_pos = jnp.concatenate([slot_pos, positions])
-  mask = attention.visible(positions, k_pos, cfg.l1_window(training=False), cfg.n_sinks)
-  use_alt = k_pos < cfg.n_sinks if q_sink is not None else None
-  return attention.attend(q, keys, values, mask, q_sink, use_alt)
+  """Chunk queries against the cache as it was before the chunk plus the chunk's own keys."""
+  return dispatch.l1_stream(q, kv.k, kv.v, slot_pos, k, v, positions, window=cfg.l1_window(training=False),
+                            num_sinks=cfg.n_sinks, q_sink=q_sink, impl=cfg.impl)
 
 
 # ------------------------------------------------------------------ Tensor Cache (L2)
@@ -141,14 +137,22 @@ def tc_extend(q, k_evict, v_evict, valid, mp: MemoryParams, state: cache_lib.Mem
   return _combine(mp, reads), state
 
 
-def evicted_stream(kv: cache_lib.KVCache, slot_pos, pos, k, v, positions):
-  """Pairs evicted at the chunk's steps: positions ``pos - W ... pos + P - 1 - W``."""
-  P = k.shape[1]
-  k_old, v_old, p_old = cache_lib.chronological(kv, slot_pos, pos)
-  k_seq = jnp.concatenate([k_old.astype(k.dtype), k], axis=1)[:, :P]
-  v_seq = jnp.concatenate([v_old.astype(v.dtype), v], axis=1)[:, :P]
-  p_seq = jnp.concatenate([p_old, positions])[:P]
-  return k_seq, v_seq, p_seq >= 0
+def evicted_stream(kv: cache_lib.KVCache, pos, k_BPHD, v_BPHD):
+  """Pairs evicted at a chunk's steps from a sink-free ring of ``W`` slots, before the chunk
+  is inserted: step ``i`` evicts position ``e_i = pos + i - W`` (``valid``: ``e_i >= 0``).
+
+  The first ``min(P, W)`` are in the ring at slot ``e_i mod W``: only those slots are
+  gathered. For ``P > W`` the rest are the chunk's own first ``P - W`` tokens.
+  """
+  P, W = k_BPHD.shape[1], kv.k.shape[2]
+  e = pos - W + jnp.arange(P)
+  slots = e[:min(P, W)] % W
+  k_ev = kv.k[:, :, slots].swapaxes(1, 2).astype(k_BPHD.dtype)
+  v_ev = kv.v[:, :, slots].swapaxes(1, 2).astype(v_BPHD.dtype)
+  if P > W:
+    k_ev = jnp.concatenate([k_ev, k_BPHD[:, :P - W]], axis=1)
+    v_ev = jnp.concatenate([v_ev, v_BPHD[:, :P - W]], axis=1)
+  return k_ev, v_ev, e >= 0
 
 
 # ------------------------------------------------------------------ Infini-attention

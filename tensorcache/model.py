@@ -122,7 +122,7 @@ class Attention(nn.Module):
       self.sow("intermediates", "memory_norm", memory_norm)  # kept only when collected
     return self._output(x, local, mem)
 
-  def extend(self, x, lc: cache_lib.LayerCache, slot_pos, pos, positions, slots):
+  def extend(self, x, lc: cache_lib.LayerCache, slot_pos, pos, positions, writes: cache_lib.Writes):
     c = self.cfg
     q, k, v, q_sink = self._qkv(x, positions)
     local = mechanisms.l1_extend(q, k, v, lc.kv, slot_pos, positions, c, q_sink)
@@ -131,9 +131,9 @@ class Attention(nn.Module):
       r, mem_state = mechanisms.infini_extend(q, k, v, positions, lc.mem, c)
       local = mechanisms.infini_mix(local, r, self.beta)
     elif self.memory:
-      k_ev, v_ev, valid = mechanisms.evicted_stream(lc.kv, slot_pos, pos, k, v, positions)
+      k_ev, v_ev, valid = mechanisms.evicted_stream(lc.kv, pos, k, v)
       mem, mem_state = mechanisms.tc_extend(q, k_ev, v_ev, valid, self._memory_params(), lc.mem, c)
-    kv = cache_lib.insert(lc.kv, k, v, slots)
+    kv = cache_lib.insert(lc.kv, k, v, writes)
     return self._output(x, local, mem), cache_lib.LayerCache(kv, mem_state)
 
 
@@ -170,8 +170,8 @@ class Block(nn.Module):
     x = x + self.attn(self.ln1(x))
     return x + self.mlp(self.ln2(x))
 
-  def extend(self, x, lc, slot_pos, pos, positions, slots):
-    a, lc = self.attn.extend(self.ln1(x), lc, slot_pos, pos, positions, slots)
+  def extend(self, x, lc, slot_pos, pos, positions, writes):
+    a, lc = self.attn.extend(self.ln1(x), lc, slot_pos, pos, positions, writes)
     x = x + a
     return x + self.mlp(self.ln2(x)), lc
 
@@ -199,20 +199,28 @@ class GPT(nn.Module):
       x = block(x)
     return self._head(x)
 
-  def extend(self, tokens, cache: cache_lib.Cache):
-    """Streams a chunk ``tokens [B, P]`` through the cache: logits ``[B, P, V]`` and the new
-    cache. Exactly the per-token semantics whatever ``P``; ``P = 1`` is a decode step."""
+  def extend(self, tokens, cache: cache_lib.Cache, last_only: bool = False):
+    """Streams a chunk ``tokens [B, P]`` through the cache: logits ``[B, P, V]`` (``[B, 1, V]``,
+    the last position's, with ``last_only``) and the new cache. Exactly the per-token
+    semantics whatever ``P``; ``P = 1`` is a decode step.
+
+    Traced inputs are never read back to the host, so bad input shows as NaN: an id outside
+    ``[0, V)`` gets a NaN embedding (its logits, and later ones through the cache, are NaN),
+    and under ``full`` every position ``>= max_len`` gets NaN logits (its slot would wrap).
+    """
     c = self.cfg
     check_tokens(tokens, c.vocab_size)
     P = tokens.shape[1]
     positions = cache.pos + jnp.arange(P)
-    slots = cache_lib.write_slots(positions, c.cache_size, c.n_sinks)
+    writes = cache_lib.write_slots(positions, c.cache_size, c.n_sinks)
     x = self.wte(tokens).astype(jnp.dtype(c.dtype))
+    x = jnp.where(((tokens >= 0) & (tokens < c.vocab_size))[..., None], x, jnp.nan)
     layers = []
     for block, lc in zip(self.blocks, cache.layers):
-      x, lc = block.extend(x, lc, cache.slot_pos, cache.pos, positions, slots)
+      x, lc = block.extend(x, lc, cache.slot_pos, cache.pos, positions, writes)
       layers.append(lc)
-    logits = self._head(x)
-    if c.mechanism == "full":  # past capacity the slots would wrap: poison instead of lying
-      logits = jnp.where(positions[None, :, None] >= c.max_len, jnp.nan, logits)
-    return logits, cache_lib.Cache(cache.pos + P, cache_lib.record(cache.slot_pos, slots, positions), tuple(layers))
+    out_pos = positions[-1:] if last_only else positions
+    logits = self._head(x[:, -1:] if last_only else x)
+    if c.mechanism == "full":
+      logits = jnp.where(out_pos[None, :, None] >= c.max_len, jnp.nan, logits)
+    return logits, cache_lib.Cache(cache.pos + P, cache_lib.record(cache.slot_pos, writes, positions), tuple(layers))
