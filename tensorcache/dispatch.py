@@ -93,7 +93,7 @@ def l2_scan(q, k, v, g, eta, A, z=None, *, rule, chunk, read_first=False, normal
   in float32, ``qz``/``z`` None without a normaliser.
   """
   q, k, v = memory.prepare(q, k, v, normalize_q)
-  if resolve(impl) is Impl.REFERENCE:
+  if resolve(impl) is Impl.REFERENCE or q.shape[1] == 1:  # one step (decode): the direct update
     return memory.memory_recurrence(q, k, v, g, eta, A, rule, read_first, z)
   return memory.memory_scan(q, k, v, g, eta, A, rule, chunk, read_first, z)
 

@@ -127,7 +127,7 @@ def memory_recurrence(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, rule: str, re
     return (A_new, z_new), (r, qz)
 
   xs = tuple(x.astype(f32).swapaxes(0, 1) for x in (q_BTHD, k_BTHD, v_BTHD)) + (g_TH.astype(f32),)
-  (A, z), (r, qz) = jax.lax.scan(step, (A_BHDD.astype(f32), z0), xs)
+  (A, z), (r, qz) = jax.lax.scan(step, (A_BHDD.astype(f32), z0), xs, unroll=q_BTHD.shape[1] == 1)
   r, qz = r.swapaxes(0, 1), qz.swapaxes(0, 1)
   return r, (qz if use_z else None), A, (z if use_z else None)
 
