@@ -38,6 +38,10 @@ setup(
             "hypothesis>=6.100",
             "chex>=0.1.87",
             "tokenizers>=0.15",  # the BPE tests
+            # tests/test_notebooks.py executes notebooks/ (fails, never skips, without these)
+            "nbclient>=0.10",
+            "nbformat>=5.9",
+            "ipykernel>=6.29",
         ],
         "tpu": ["jax[tpu]>=0.10.2"],
         # importlib_resources: tensorflow-datasets 4.9.10 imports it when building a

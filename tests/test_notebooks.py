@@ -1,0 +1,66 @@
+"""Executes every notebook in ``notebooks/`` at its small size and fails on any error.
+
+Each notebook reads ``TENSORCACHE_NOTEBOOK_SMALL=1`` in its sizes cell and shrinks to a few
+seconds of work (the code paths are exercised, the numbers mean nothing). The notebooks'
+own ``assert`` cells check their printed numbers against the library. Needs the
+``[notebook]`` dependencies (nbclient, ipykernel, nbformat), which the ``[test]`` extra
+installs; without them this test fails with the install command instead of skipping.
+
+The kernel gets the test process's environment (CPU, and the 8 fake devices of
+``conftest.py``, which ``04_kernels_and_scaling.ipynb`` shards over), with the small switch.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+
+import pytest
+
+NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks")
+NOTEBOOKS = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "*.ipynb")))
+TIMEOUT_S = 600  # per cell
+
+
+def _require(module: str):
+  try:
+    return __import__(module)
+  except ImportError as e:  # fail loudly: a skipped notebook test would let the notebooks rot
+    pytest.fail(f"the notebook tests need {module} ({e}); install with: pip install -e '.[test]'")
+
+
+def test_notebooks_exist():
+  names = [os.path.basename(p) for p in NOTEBOOKS]
+  assert names == ["01_quickstart.ipynb", "02_memory_anatomy.ipynb", "03_long_context_eval.ipynb",
+                   "04_kernels_and_scaling.ipynb"], names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_is_stripped(path):
+  with open(path, encoding="utf-8") as f:
+    nb = json.load(f)
+  for cell in nb["cells"]:
+    if cell["cell_type"] == "code":
+      assert cell.get("outputs") == [] and cell.get("execution_count") is None, (
+          f"{os.path.basename(path)} has outputs; commit notebooks with outputs stripped")
+  text = "".join("".join(c["source"]) for c in nb["cells"])
+  assert "colab-badge.svg" in text and "google.colab" in text and "# @param" in text
+  assert "TENSORCACHE_NOTEBOOK_SMALL" in text
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_runs(path, tmp_path):
+  nbformat = _require("nbformat")
+  nbclient = _require("nbclient")
+  _require("ipykernel")
+  nb = nbformat.read(path, as_version=4)
+  env = dict(os.environ, TENSORCACHE_NOTEBOOK_SMALL="1", TENSORCACHE_NOTEBOOK_WORKDIR=str(tmp_path))
+  client = nbclient.NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3",
+                                   resources={"metadata": {"path": NOTEBOOK_DIR}})
+  t0 = time.perf_counter()
+  client.execute(env=env)  # raises CellExecutionError (with the traceback) on any error
+  print(f"{os.path.basename(path)}: {time.perf_counter() - t0:.1f} s")
+  errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+  assert not errors, errors
