@@ -7,7 +7,10 @@ own ``assert`` cells check their printed numbers against the library. Needs the
 installs; without them this test fails with the install command instead of skipping.
 
 The kernel gets the test process's environment (CPU, and the 8 fake devices of
-``conftest.py``, which ``04_kernels_and_scaling.ipynb`` shards over), with the small switch.
+``conftest.py``, which ``04_kernels_and_scaling.ipynb`` shards over), the small switch, a
+temporary working directory (so no earlier checkpoint is resumed) and XLA's backend
+optimisation level 0. All four take about 3.5 CPU-minutes together on the project's 2-core
+machine (about 1.5 minutes of wall time under ``pytest -n 2``).
 """
 
 from __future__ import annotations
@@ -56,7 +59,11 @@ def test_notebook_runs(path, tmp_path):
   nbclient = _require("nbclient")
   _require("ipykernel")
   nb = nbformat.read(path, as_version=4)
-  env = dict(os.environ, TENSORCACHE_NOTEBOOK_SMALL="1", TENSORCACHE_NOTEBOOK_WORKDIR=str(tmp_path))
+  # XLA's backend optimisation level 0 (what train.fast_compile sets for the train step) for
+  # every compile: at these sizes compiling is most of a notebook's time.
+  flags = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+  env = dict(os.environ, TENSORCACHE_NOTEBOOK_SMALL="1", TENSORCACHE_NOTEBOOK_WORKDIR=str(tmp_path),
+             XLA_FLAGS=flags)
   client = nbclient.NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3",
                                    resources={"metadata": {"path": NOTEBOOK_DIR}})
   t0 = time.perf_counter()
