@@ -77,6 +77,31 @@ def _compiler_options(fast_compile: bool) -> dict | None:
   return {"xla_backend_optimization_level": 0} if fast_compile else None
 
 
+def _on_mesh(fn: Callable, mesh: Mesh) -> Callable:
+  """``fn`` called with ``mesh`` in scope (``jax.set_mesh``). XLA cannot partition a Mosaic
+  kernel, so splash attention must see the mesh while tracing to run per batch shard
+  (``fast_attention.splash_attention``); without it a multi-chip TPU step fails to lower."""
+
+  def run(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return fn(*args, **kwargs)
+
+  return run
+
+
+def step_spec(config, devices=None) -> StepSpec:
+  """The ``StepSpec`` of a run config (``configs/base.py``): its model, optimiser and mesh
+  over ``devices`` (default: every device; ``tensorcache.compile_tpu`` passes a TPU
+  topology's). Raises ``ValueError`` when ``train.batch_size`` does not divide as
+  ``_check_train_section`` requires."""
+  tc = config.train
+  cfg = model_config(config.model)
+  ocfg = optim.optim_config(config.optim, int(tc.steps))
+  mesh = sharding.make_mesh(tc.mesh.data, tc.mesh.fsdp, devices)
+  _check_train_section(tc, ocfg.accum_steps, sharding.batch_shards(mesh))
+  return StepSpec(cfg, ocfg, mesh, bool(tc.internal_metrics), bool(tc.fast_compile))
+
+
 # ------------------------------------------------------------------ state
 
 
@@ -116,7 +141,14 @@ def _init_fn_cached(spec: StepSpec, seed: int):
   shardings = state_shardings(abstract, spec.mesh)
   init = jax.jit(functools.partial(init_state, spec, seed), out_shardings=shardings,
                  compiler_options=spec.compiler_options)
-  return init, abstract, shardings
+  return _on_mesh(init, spec.mesh), abstract, shardings
+
+
+def abstract_train_state(spec: StepSpec, seed: int = 0) -> TrainState:
+  """The train state as ``jax.ShapeDtypeStruct``s carrying their rule shardings (nothing is
+  materialised): restore targets and ahead-of-time compile arguments."""
+  _, abstract, shardings = _init_fn(spec, seed)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
 
 def create_train_state(spec: StepSpec, seed: int) -> tuple[TrainState, TrainState]:
@@ -263,8 +295,19 @@ def make_train_step(spec: StepSpec) -> Callable[[TrainState, Mapping[str, jax.Ar
   """
   static = dataclasses.replace(spec, optim=optim.without_schedule(spec.optim))
   sched = jax.device_put(optim.schedule_values(spec.optim), sharding.replicated(spec.mesh))
-  step = _step_jit(spec.fast_compile)
+  step = _on_mesh(_step_jit(spec.fast_compile), spec.mesh)
   return lambda state, batch: step(state, batch, sched, spec=static)
+
+
+def lower_train_step(spec: StepSpec, state: TrainState, batch: Mapping[str, Any]) -> jax.stages.Lowered:
+  """``make_train_step(spec)``'s step (same jit, donation and static spec) lowered for
+  ``state`` and ``batch``, which may be abstract (``ShapeDtypeStruct``s with shardings on
+  ``spec.mesh``, e.g. a TPU topology's): ``.compile()`` it ahead of time."""
+  static = dataclasses.replace(spec, optim=optim.without_schedule(spec.optim))
+  rep = sharding.replicated(spec.mesh)
+  sched = {k: jax.ShapeDtypeStruct(np.shape(v), v.dtype, sharding=rep)
+           for k, v in optim.schedule_values(spec.optim).items()}
+  return _on_mesh(_step_jit(spec.fast_compile).lower, spec.mesh)(state, batch, sched, spec=static)
 
 
 def _eval_step(params, batch: Mapping[str, jax.Array], spec: StepSpec):
@@ -303,7 +346,7 @@ def make_validation_fn(config, spec: StepSpec) -> Callable[[TrainState, int], di
     pad = np.zeros((total - x.shape[0],) + x.shape[1:], x.dtype)
     local[key] = np.concatenate([x, pad])
   static = dataclasses.replace(spec, optim=optim.OptimConfig(), internal_metrics=False)
-  step_fn = _eval_jit(spec.fast_compile)
+  step_fn = _on_mesh(_eval_jit(spec.fast_compile), spec.mesh)
 
   def eval_fn(state: TrainState, step: int) -> dict[str, float]:
     del step
@@ -398,10 +441,9 @@ def _non_finite_message(step: int, m: Mapping[str, float], mngr) -> str:
 def _restore_or_init(mngr, spec: StepSpec, seed: int, it: DataIterator) -> tuple[TrainState, int]:
   """The newest usable checkpoint's state (and the data position, set on ``it``), or a fresh
   state: ``(state, step)``. Restored arrays land directly in the rule shardings."""
-  init, abstract, shardings = _init_fn(spec, seed)
-  target = lambda t, s: jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), t, s)
-  step, items = checkpoint.restore_train(mngr, spec.model, target(abstract.params, shardings.params),
-                                         target(abstract.opt_state, shardings.opt_state))
+  init, _, shardings = _init_fn(spec, seed)
+  target = abstract_train_state(spec, seed)
+  step, items = checkpoint.restore_train(mngr, spec.model, target.params, target.opt_state)
   if step is None:
     return init(), 0
   meta = items["train"]
@@ -486,12 +528,9 @@ def train(config, workdir: str, *, make_iterator: Callable[..., DataIterator] | 
       is never saved; the previous checkpoint stays the newest).
   """
   tc = config.train
-  cfg = model_config(config.model)
   total_steps, seq_len, gbatch = int(tc.steps), int(tc.seq_len), int(tc.batch_size)
-  ocfg = optim.optim_config(config.optim, total_steps)
-  mesh = sharding.make_mesh(tc.mesh.data, tc.mesh.fsdp)
-  _check_train_section(tc, ocfg.accum_steps, sharding.batch_shards(mesh))
-  spec = StepSpec(cfg, ocfg, mesh, bool(tc.internal_metrics), bool(tc.fast_compile))
+  spec = step_spec(config)
+  cfg, mesh = spec.model, spec.mesh
   nproc, pidx = jax.process_count(), jax.process_index()
   os.makedirs(workdir, exist_ok=True)
   if pidx == 0:

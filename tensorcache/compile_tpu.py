@@ -1,0 +1,258 @@
+"""Ahead-of-time compiles of a run for a named Cloud TPU topology, from any host (no TPU).
+
+  python -m tensorcache.compile_tpu --config=configs/base.py:gpt2,tc --topology=v5e:2x2 \
+      [--config.train.batch_size=64 ...] [--noinference] [--search] [--table]
+
+With ``libtpu`` installed (the ``[tpu]`` extra), JAX describes a TPU slice it does not own
+and compiles for it. This compiles the trainer's own train step (``train.lower_train_step``:
+optimiser, accumulation, the config's mesh and rule shardings, donation) on abstract
+parameters and batches (nothing is materialised), then ``inference.prefill`` (the batch's
+sequences, ``train.seq_len`` tokens) and ``inference.decode_step``, and prints per chip:
+memory (arguments, outputs, temporaries, total against the chip's HBM), FLOPs from the cost
+analysis, and compile time.
+
+A train step that does not fit (the compiler refuses it, or its total exceeds the HBM) ends
+the command with exit status 2 and one line on stderr naming the largest per-chip batch that
+compiles within the HBM (found by compiling: halving, then bisection). ``--search`` finds
+that largest batch even when the configured one fits (``docs/tpu.md``'s fit table);
+``--table`` prints the result as one row of that table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+import time
+
+# Compiling for a topology needs no local TPU: keep JAX off any TPU this host has, and let
+# a second process (another compile, a test worker) load libtpu alongside.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from tensorcache import inference, sharding, train  # noqa: E402
+from tensorcache.model import GPT  # noqa: E402
+
+GiB = 2**30
+# HBM per chip (Cloud TPU system architecture pages); v4 and v5p as megacore chips.
+HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+MEGACORE = ("v4", "v5p")
+
+
+class DoesNotFit(Exception):
+  """The compiler refused a step for lack of memory, or its total exceeds the chip's HBM."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+  """One step compiled for a topology: bytes per chip, FLOPs per chip, compile seconds."""
+  name: str
+  arguments: int
+  outputs: int
+  aliased: int
+  temporaries: int
+  flops: float
+  seconds: float
+
+  @property
+  def total(self) -> int:
+    """Live bytes per chip at the peak: arguments + outputs - donated aliases + temporaries."""
+    return self.arguments + self.outputs - self.aliased + self.temporaries
+
+  def line(self, hbm: int) -> str:
+    g = lambda b: f"{b / GiB:.2f}"
+    return (f"{self.name:<7} per chip: arguments {g(self.arguments)} GiB, outputs {g(self.outputs)} GiB "
+            f"(donated {g(self.aliased)}), temporaries {g(self.temporaries)} GiB, total {g(self.total)} / "
+            f"{g(hbm)} GiB HBM; {self.flops:.3e} FLOPs; compiled in {self.seconds:.1f} s")
+
+
+def topology_devices(name: str) -> list:
+  """The compile-only devices of a topology ``gen:AxB[xC]`` (``v5e:2x2``, ``v4:2x2x2``), one
+  per chip: megacore for v4 / v5p; v5e / v6e slices of up to 8 chips as one host."""
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
+  gen, _, shape = name.partition(":")
+  if gen not in HBM_GIB:
+    raise ValueError(f"unknown TPU generation {gen!r} in --topology={name}; known: {sorted(HBM_GIB)}")
+  dims = [int(d) for d in shape.split("x")]
+  kwargs = {}
+  if gen in MEGACORE:
+    kwargs["chip_config_name"] = "megacore"
+  elif int(np.prod(dims)) <= 8:
+    kwargs["chips_per_host_bounds"] = (*dims, 1)[:3]
+  return list(topologies.get_topology_desc(platform="tpu", topology_name=name, **kwargs).devices)
+
+
+def hbm_bytes(topology: str) -> int:
+  return HBM_GIB[topology.partition(":")[0]] * GiB
+
+
+def _is_out_of_memory(e: Exception) -> bool:
+  msg = str(e)
+  return "RESOURCE_EXHAUSTED" in msg or "Ran out of memory" in msg
+
+
+def _compile(name: str, lowered_fn, hbm: int) -> Compiled:
+  """Compiles ``lowered_fn()``; raises ``DoesNotFit`` when it needs more than ``hbm``."""
+  start = time.perf_counter()
+  try:
+    compiled = lowered_fn().compile()
+  except Exception as e:  # pylint: disable=broad-exception-caught - XLA's error type varies
+    if _is_out_of_memory(e):
+      raise DoesNotFit(f"{name}: {str(e).splitlines()[0]}") from e
+    raise
+  seconds = time.perf_counter() - start
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  out = Compiled(name, mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
+                 mem.temp_size_in_bytes, float(cost.get("flops", float("nan"))), seconds)
+  if out.total > hbm:
+    raise DoesNotFit(f"{name}: {out.total / GiB:.2f} GiB per chip > {hbm / GiB:.2f} GiB HBM")
+  return out
+
+
+def _batch(rows: int, seq_len: int, mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """The trainer's batch (``sharding.shard_batch`` of the data pipeline's rows), abstract."""
+  spec = sharding.batch_sharding(mesh)
+  return {"inputs": jax.ShapeDtypeStruct((rows, seq_len), jnp.int32, sharding=spec),
+          "targets": jax.ShapeDtypeStruct((rows, seq_len), jnp.int32, sharding=spec),
+          "weights": jax.ShapeDtypeStruct((rows, seq_len), jnp.float32, sharding=spec)}
+
+
+def with_batch(config: ml_collections.ConfigDict, per_chip: int, chips: int) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with ``train.batch_size = per_chip * chips``."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.batch_size = per_chip * chips
+  return config
+
+
+def compile_train(config: ml_collections.ConfigDict, devices: list, hbm: int) -> Compiled:
+  """The trainer's train step of ``config`` over ``devices``; raises ``DoesNotFit``."""
+  spec = train.step_spec(config, devices)
+  state = train.abstract_train_state(spec, int(config.train.seed))
+  batch = _batch(int(config.train.batch_size), int(config.train.seq_len), spec.mesh)
+  return _compile("train", lambda: train.lower_train_step(spec, state, batch), hbm)
+
+
+def compile_inference(config: ml_collections.ConfigDict, devices: list, hbm: int) -> list[Compiled]:
+  """``inference.prefill`` of ``train.batch_size`` prompts of ``train.seq_len`` tokens and
+  ``inference.decode_step`` of one token each: parameters in the trainer's rule shardings,
+  tokens and cache split over the batch (cache counters replicated), cache donated."""
+  spec = train.step_spec(config, devices)
+  model = GPT(spec.model)
+  params = train.abstract_train_state(spec, int(config.train.seed)).params
+  rows, seq_len = int(config.train.batch_size), int(config.train.seq_len)
+  tokens = _batch(rows, seq_len, spec.mesh)["inputs"]
+  step_tokens = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=sharding.batch_sharding(spec.mesh, 1))
+  cache = jax.eval_shape(functools.partial(inference.init_cache, spec.model, rows))
+  rep = sharding.replicated(spec.mesh)
+  by_batch = lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=NamedSharding(spec.mesh, sharding.batch_spec(x.ndim)))
+  cache = cache._replace(pos=jax.ShapeDtypeStruct(cache.pos.shape, cache.pos.dtype, sharding=rep),
+                         slot_pos=jax.ShapeDtypeStruct(cache.slot_pos.shape, cache.slot_pos.dtype, sharding=rep),
+                         layers=jax.tree.map(by_batch, cache.layers))
+  prefill = jax.jit(inference.prefill, static_argnums=0)
+  decode = jax.jit(inference.decode_step, static_argnums=0, donate_argnums=2)
+  with jax.set_mesh(spec.mesh):  # as the trainer's steps: splash must see the mesh
+    return [_compile("prefill", lambda: prefill.lower(model, params, tokens), hbm),
+            _compile("decode", lambda: decode.lower(model, params, cache, step_tokens), hbm)]
+
+
+def largest_fitting(config: ml_collections.ConfigDict, devices: list, hbm: int, start: int,
+                    at_start: Compiled | None) -> tuple[int, Compiled | None]:
+  """The largest per-chip batch (a multiple of ``optim.accum_steps``) whose train step fits,
+  and its compile: from ``start`` (whose compile is ``at_start``, None if it does not fit)
+  halving while it does not fit, or doubling while it does, then bisecting between the last
+  fit and the first failure. ``(0, None)``: nothing fits."""
+  unit = int(config.optim.accum_steps)
+  memo: dict[int, Compiled | None] = {start: at_start}
+
+  def fits(b: int) -> bool:
+    if b not in memo:
+      try:
+        memo[b] = compile_train(with_batch(config, b, len(devices)), devices, hbm)
+      except DoesNotFit:
+        memo[b] = None
+    return memo[b] is not None
+
+  lo, hi = (start, None) if at_start else (None, start)
+  while lo is None and hi > unit:
+    b = max(unit, (hi // 2) // unit * unit)
+    lo, hi = (b, hi) if fits(b) else (None, b)
+  if lo is None:
+    return 0, None
+  while hi is None:
+    lo, hi = (2 * lo, None) if fits(2 * lo) else (lo, 2 * lo)
+  while hi - lo > unit:
+    mid = (lo + hi) // 2 // unit * unit
+    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+  return lo, memo.get(lo)
+
+
+def fit_or_exit(config: ml_collections.ConfigDict, topology: str, devices: list, hbm: int) -> Compiled:
+  """The train step of ``config`` compiled over ``devices``; when it does not fit, one line
+  on stderr naming the largest per-chip batch that does, then ``SystemExit(2)``."""
+  chips, seq_len = len(devices), int(config.train.seq_len)
+  per_chip = int(config.train.batch_size) // chips
+  try:
+    return compile_train(config, devices, hbm)
+  except DoesNotFit as e:
+    best, _ = largest_fitting(config, devices, hbm, per_chip, None)
+    fix = (f"the largest that fits is {best} per chip: --config.train.batch_size={best * chips}" if best
+           else "not even one sequence per chip fits: raise --config.train.mesh.fsdp")
+    print(f"does not fit on {topology}: {per_chip} sequences of {seq_len} per chip ({e}); {fix}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+# ------------------------------------------------------------------ command line
+
+config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/base.py:gpt2,tc.",
+                                lock_config=True)
+flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:2x2, v5e:4x4, v4:2x2x1, v5p:2x2x1.")
+flags.DEFINE_bool("inference", True, "Also compile the prefill and the decode step.")
+flags.DEFINE_bool("search", False, "Find the largest per-chip batch that fits even when the configured one does.")
+flags.DEFINE_bool("table", False, "Print the result as a row of docs/tpu.md's fit table.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv) -> None:
+  del argv
+  FLAGS = flags.FLAGS
+  config, topology = FLAGS.config, FLAGS.topology
+  devices = topology_devices(topology)
+  chips, hbm = len(devices), hbm_bytes(topology)
+  per_chip = int(config.train.batch_size) // chips
+  if per_chip * chips != int(config.train.batch_size):
+    print(f"train.batch_size={config.train.batch_size} does not split over the {chips} chips of {topology}.",
+          file=sys.stderr)
+    sys.exit(2)
+  print(f"{topology}: {chips} chips, {hbm / GiB:.0f} GiB HBM each; mesh data={config.train.mesh.data} "
+        f"fsdp={config.train.mesh.fsdp}; batch {per_chip} x {config.train.seq_len} tokens per chip")
+  step = fit_or_exit(config, topology, devices, hbm)
+  print(step.line(hbm))
+  if FLAGS.search:
+    per_chip, step = largest_fitting(config, devices, hbm, per_chip, step)
+    print(f"largest batch that fits: {per_chip} per chip, --config.train.batch_size={per_chip * chips}")
+    print(step.line(hbm))
+  if FLAGS.table:
+    model = config.model
+    name = f"{model.n_layer}L/{model.d_model} {model.mechanism}" + (f" {model.rule}" if model.mechanism == "tc" else "")
+    print(f"| {name} | {topology} | {per_chip * chips} ({per_chip}/chip) | {step.total / GiB:.2f} GiB "
+          f"| {step.seconds:.0f} s |")
+  if FLAGS.inference:
+    for c in compile_inference(config, devices, hbm):
+      print(c.line(hbm))
+
+
+if __name__ == "__main__":
+  app.run(main)
