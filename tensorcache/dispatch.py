@@ -24,10 +24,6 @@ class Impl(enum.Enum):
   XLA = "xla"
 
 
-def resolve(impl: Impl | str) -> Impl:
-  return Impl(impl)
-
-
 # ------------------------------------------------------------------ L1
 
 
@@ -77,7 +73,7 @@ def l1_stream(q, k_cache, v_cache, cache_pos, k, v, positions, *, window, num_si
   the cache's keys/values ``[B, H, S, D]`` (heads-major; slot positions ``cache_pos [S]``,
   -1 empty) and the chunk's own keys/values ``[B, P, H, D]`` (``attention.stream_attention``).
   ``REFERENCE`` concatenates cache and chunk (``attention.concat_stream_attention``)."""
-  fn = attention.concat_stream_attention if resolve(impl) is Impl.REFERENCE else attention.stream_attention
+  fn = attention.concat_stream_attention if Impl(impl) is Impl.REFERENCE else attention.stream_attention
   return fn(q, k_cache, v_cache, cache_pos, k, v, positions, window, num_sinks, q_sink)
 
 
@@ -93,7 +89,7 @@ def l2_scan(q, k, v, g, eta, A, z=None, *, rule, chunk, read_first=False, normal
   in float32, ``qz``/``z`` None without a normaliser.
   """
   q, k, v = memory.prepare(q, k, v, normalize_q)
-  if resolve(impl) is Impl.REFERENCE or q.shape[1] == 1:  # one step (decode): the direct update
+  if Impl(impl) is Impl.REFERENCE or q.shape[1] == 1:  # one step (decode): the direct update
     return memory.memory_recurrence(q, k, v, g, eta, A, rule, read_first, z)
   return memory.memory_scan(q, k, v, g, eta, A, rule, chunk, read_first, z)
 

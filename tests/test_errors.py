@@ -84,7 +84,7 @@ def test_memory_functions_reject_unknown_rule():
 
 def test_unknown_impl_in_dispatch():
   with pytest.raises(ValueError, match="pallas_tpu"):
-    dispatch.resolve("pallas_tpu")
+    dispatch.Impl("pallas_tpu")
 
 
 # ------------------------------------------------------------------ token ids
