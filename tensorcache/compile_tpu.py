@@ -69,7 +69,7 @@ class Compiled:
     return self.arguments + self.outputs - self.aliased + self.temporaries
 
   def line(self, hbm: int) -> str:
-    g = lambda b: f"{b / GiB:.2f}"
+    g = lambda b: f"{b / GiB:.3f}"
     return (f"{self.name:<7} per chip: arguments {g(self.arguments)} GiB, outputs {g(self.outputs)} GiB "
             f"(donated {g(self.aliased)}), temporaries {g(self.temporaries)} GiB, total {g(self.total)} / "
             f"{g(hbm)} GiB HBM; {self.flops:.3e} FLOPs; compiled in {self.seconds:.1f} s")
