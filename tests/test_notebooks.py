@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 import time
 
 import pytest
@@ -53,8 +54,22 @@ def test_notebook_is_stripped(path):
   assert "TENSORCACHE_NOTEBOOK_SMALL" in text
 
 
+def _kernel_for_this_python(tmp_path, monkeypatch) -> str:
+  """A kernelspec that runs ``sys.executable`` (whatever ``python3`` kernel the user's Jupyter
+  directories hold might run another interpreter, without this package)."""
+  name = "tensorcache-test"
+  spec_dir = tmp_path / "jupyter" / "kernels" / name
+  spec_dir.mkdir(parents=True)
+  spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+          "display_name": name, "language": "python"}
+  (spec_dir / "kernel.json").write_text(json.dumps(spec))
+  monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(
+      [str(tmp_path / "jupyter")] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]))
+  return name
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs(path, tmp_path):
+def test_notebook_runs(path, tmp_path, monkeypatch):
   nbformat = _require("nbformat")
   nbclient = _require("nbclient")
   _require("ipykernel")
@@ -62,9 +77,10 @@ def test_notebook_runs(path, tmp_path):
   # XLA's backend optimisation level 0 (what train.fast_compile sets for the train step) for
   # every compile: at these sizes compiling is most of a notebook's time.
   flags = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-  env = dict(os.environ, TENSORCACHE_NOTEBOOK_SMALL="1", TENSORCACHE_NOTEBOOK_WORKDIR=str(tmp_path),
+  env = dict(os.environ, TENSORCACHE_NOTEBOOK_SMALL="1", TENSORCACHE_NOTEBOOK_WORKDIR=str(tmp_path / "work"),
              XLA_FLAGS=flags)
-  client = nbclient.NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3",
+  kernel = _kernel_for_this_python(tmp_path, monkeypatch)
+  client = nbclient.NotebookClient(nb, timeout=TIMEOUT_S, kernel_name=kernel,
                                    resources={"metadata": {"path": NOTEBOOK_DIR}})
   t0 = time.perf_counter()
   client.execute(env=env)  # raises CellExecutionError (with the traceback) on any error
