@@ -238,12 +238,19 @@ def main(argv) -> None:
     sys.exit(2)
   print(f"{topology}: {chips} chips, {hbm / GiB:.0f} GiB HBM each; mesh data={config.train.mesh.data} "
         f"fsdp={config.train.mesh.fsdp}; batch {per_chip} x {config.train.seq_len} tokens per chip")
-  step = fit_or_exit(config, topology, devices, hbm)
-  print(step.line(hbm))
-  if FLAGS.search:
+  if FLAGS.search:  # from the configured batch, up or down
+    try:
+      step = compile_train(config, devices, hbm)
+    except DoesNotFit:
+      step = None
     per_chip, step = largest_fitting(config, devices, hbm, per_chip, step)
+    if step is None:
+      print(f"does not fit on {topology}: not even one sequence per chip", file=sys.stderr)
+      sys.exit(2)
     print(f"largest batch that fits: {per_chip} per chip, --config.train.batch_size={per_chip * chips}")
-    print(step.line(hbm))
+  else:
+    step = fit_or_exit(config, topology, devices, hbm)
+  print(step.line(hbm))
   if FLAGS.table:
     model = config.model
     name = f"{model.n_layer}L/{model.d_model} {model.mechanism}" + (f" {model.rule}" if model.mechanism == "tc" else "")
