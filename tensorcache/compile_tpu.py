@@ -36,7 +36,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from tensorcache import inference, sharding, train  # noqa: E402
