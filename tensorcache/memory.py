@@ -195,7 +195,7 @@ def _scalar_states(G_last_HN, dS_BHNKV, S0_BHKV):
   def combine(a, b):
     return a[0] + b[0], jnp.exp(b[0]) * a[1] + b[1]
 
-  return jax.lax.associative_scan(combine, (jnp.broadcast_to(la, la.shape), S), axis=2)[1]
+  return jax.lax.associative_scan(combine, (la, S), axis=2)[1]
 
 
 def _matrix_states(Phi_BHNKK, Psi_BHNKV, S0_BHKV):
