@@ -100,15 +100,18 @@ def _splash_local(q_BTHD, k_BTHD, v_BTHD, window, interpret):
 
 
 def _batch_mesh(x) -> tuple[jax.sharding.AbstractMesh | None, tuple[str, ...]]:
-  """The mesh the op is traced for and the axes to split the batch over, when JAX knows
-  them while tracing: the mesh in scope (``jax.set_mesh``) or the operand's, minus the
-  axes already manual (inside a ``shard_map``). ``(None, ())`` for one device."""
+  """The mesh the op is traced for and its free axes (those not already manual inside a
+  ``shard_map``), when JAX knows them while tracing: the mesh in scope (``jax.set_mesh``)
+  or the operand's. ``(None, ())`` without a mesh.
+
+  Every free axis is returned, size-1 axes included: the kernel's ``shard_map`` must make
+  all of them manual, since Mosaic refuses a kernel left in a partially automatic mesh."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     mesh = getattr(jax.typeof(x).sharding, "mesh", mesh)
   if mesh.empty:
     return None, ()
-  axes = tuple(a for a in mesh.axis_names if a not in mesh.manual_axes and mesh.shape[a] > 1)
+  axes = tuple(a for a in mesh.axis_names if a not in mesh.manual_axes)
   return (mesh, axes) if axes else (None, ())
 
 
@@ -123,9 +126,9 @@ def splash_attention(
   """Pallas splash attention with a local (or causal) mask, padded to a multiple of 128.
 
   XLA cannot partition a Mosaic kernel (and ``custom_partitioning`` does not reach the TPU
-  compiler, jax-ml/jax#38196), so on a multi-device mesh known while tracing the kernel
-  runs under ``jax.shard_map`` with the batch split over every free mesh axis; it raises
-  ``NotImplementedError`` when the batch does not divide. A jit over several devices with
+  compiler, jax-ml/jax#38196), so under a mesh known while tracing the kernel runs under
+  ``jax.shard_map`` with the batch split over every free mesh axis (all of them manual,
+  size-1 axes too); it raises ``NotImplementedError`` when the batch does not divide. A jit over several devices with
   no mesh in scope and uncommitted operands cannot be seen here: run it under
   ``jax.set_mesh(mesh)`` (otherwise lowering fails with "Mosaic kernels cannot be
   automatically partitioned").
