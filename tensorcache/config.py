@@ -15,6 +15,7 @@ COMPATS = ("exact", "reference")
 SINK_POSITIONS = ("absolute", "cache")
 DTYPES = ("float32", "bfloat16")
 IMPLS = ("auto", "reference", "xla")
+REMATS = ("none", "memory", "block")
 
 
 def check_fields(cls, given, what: str) -> None:
@@ -42,6 +43,10 @@ class ModelConfig:
       ``chunk_mean`` (the shortcut; ``chunk_mean_feed`` picks evicted or inserted tokens).
     train_window: train L1 with the window (default) or dense causal, as the reference
       trains its ``full``/``window``/``sinks`` baselines; streaming always uses the window.
+    remat: what the backward recomputes instead of storing (results are unchanged):
+      ``none``; ``memory`` (the memory scan keeps only its inputs: the chunk-level
+      intermediates of every layer are recomputed, one more memory forward per step);
+      ``block`` (each block keeps only its input: about one more forward per step).
   """
 
   vocab_size: int = 256
@@ -83,6 +88,7 @@ class ModelConfig:
   dtype: str = "float32"
   attn_block: int = 128
   impl: str = "auto"
+  remat: str = "none"
 
   def __post_init__(self):
     def choice(name, options):
@@ -96,7 +102,8 @@ class ModelConfig:
     for name, options in (
         ("mechanism", MECHANISMS), ("rule", RULES), ("infini_rule", INFINI_RULES),
         ("memory_mode", MEMORY_MODES), ("chunk_mean_feed", FEEDS), ("compat", COMPATS),
-        ("sink_positions", SINK_POSITIONS), ("dtype", DTYPES), ("impl", IMPLS)):
+        ("sink_positions", SINK_POSITIONS), ("dtype", DTYPES), ("impl", IMPLS),
+        ("remat", REMATS)):
       choice(name, options)
     for name in ("vocab_size", "n_layer", "n_head", "d_model", "chunk", "attn_block",
                  "infini_segment", "max_len"):

@@ -102,15 +102,20 @@ def tc_parallel(q, k, v, mp: MemoryParams, cfg: ModelConfig):
   v = _scaled_values(v, cfg)
   state = cache_lib.empty_memory(B, H, D, cfg.normalize_read, mp.alpha is not None)
   reads, finals = [], []
-  for log_lam, eta, A, z in _timescales(mp, state):
+
+  def scan(qs, k, v, log_lam, eta, A, z):
     if mode == "exact":
-      r, qz, A, _ = dispatch.l2_scan(
+      return dispatch.l2_scan(
           qs, k, v, memory.log_decay(log_lam, valid), eta, A, z, rule=cfg.rule, chunk=cfg.chunk,
           normalize_q=cfg.normalize_q, impl=cfg.impl)
-    else:
-      r, qz, A, _ = dispatch.l2_chunk_start(
-          qs, k, v, log_lam, valid, eta, A, z, rule=cfg.rule, chunk=cfg.chunk, mean=mode == "chunk_mean",
-          normalize_q=cfg.normalize_q, impl=cfg.impl)
+    return dispatch.l2_chunk_start(
+        qs, k, v, log_lam, valid, eta, A, z, rule=cfg.rule, chunk=cfg.chunk, mean=mode == "chunk_mean",
+        normalize_q=cfg.normalize_q, impl=cfg.impl)
+
+  if cfg.remat == "memory":  # the backward recomputes the scan from its inputs
+    scan = jax.checkpoint(scan, policy=jax.checkpoint_policies.nothing_saveable)
+  for log_lam, eta, A, z in _timescales(mp, state):
+    r, qz, A, _ = scan(qs, k, v, log_lam, eta, A, z)
     r = memory.unshift_reads(r, shift)
     if qz is not None:
       r = _normalize_read(r, memory.unshift_reads(qz[..., None], shift)[..., 0], cfg)

@@ -107,7 +107,35 @@ class Attention(nn.Module):
     if mem_read is None:
       return y
     gate = jax.nn.sigmoid(self.gate_proj(x) if self.cfg.per_token_gate else self.gate)
-    return y + gate.astype(y.dtype) * self.tc_proj(mem_read.astype(y.dtype).reshape(B, T, -1))
+    l2 = gate.astype(y.dtype) * self.tc_proj(mem_read.astype(y.dtype).reshape(B, T, -1))
+    if self._collecting_metrics():
+      n1, n2 = (jnp.linalg.norm(t.astype(jnp.float32), axis=-1).mean() for t in (y, l2))
+      self.sow("metrics", "gate", gate.astype(jnp.float32).mean())
+      self.sow("metrics", "read_share", n2 / (n1 + n2 + 1e-12))  # L2's share of the output norm
+    return y + l2
+
+  def _collecting_metrics(self) -> bool:
+    """Only when the caller asks for the ``metrics`` collection (the trainer does); never
+    during ``init``, so parameters are the only variables a model has."""
+    return self.is_mutable_collection("metrics") and not self.is_initializing()
+
+  def _sow_parameters(self) -> None:
+    """Token-independent per-layer metrics (means over heads): the memory's decay lambda,
+    write rate eta and horizon 1 / (1 - lambda); Infini-attention's mixing sigma(beta)."""
+    if not self._collecting_metrics():
+      return
+    f32 = lambda a: a.astype(jnp.float32)
+    if self.memory:
+      lam = jax.nn.sigmoid(f32(self.decay_logit))
+      self.sow("metrics", "lambda", lam.mean())
+      self.sow("metrics", "eta", jax.nn.sigmoid(f32(self.lr_logit)).mean())
+      self.sow("metrics", "horizon", (1.0 / jnp.maximum(1.0 - lam, 1e-12)).mean())
+      if self.cfg.two_timescales:
+        self.sow("metrics", "lambda_slow", jax.nn.sigmoid(f32(self.decay_slow_logit)).mean())
+        self.sow("metrics", "eta_slow", jax.nn.sigmoid(f32(self.lr_slow_logit)).mean())
+        self.sow("metrics", "alpha", jax.nn.sigmoid(f32(self.alpha_logit)).mean())
+    if self.cfg.mechanism == "infini":
+      self.sow("metrics", "beta", jax.nn.sigmoid(f32(self.beta)).mean())
 
   def __call__(self, x):
     c = self.cfg
@@ -119,7 +147,9 @@ class Attention(nn.Module):
     mem = None
     if self.memory:
       mem, memory_norm = mechanisms.tc_parallel(q, k, v, self._memory_params(), c)
-      self.sow("intermediates", "memory_norm", memory_norm)  # kept only when collected
+      if self._collecting_metrics():
+        self.sow("metrics", "memory_norm", memory_norm)  # mean |A|_F after the last position
+    self._sow_parameters()
     return self._output(x, local, mem)
 
   def extend(self, x, lc: cache_lib.LayerCache, slot_pos, pos, positions, writes: cache_lib.Writes):
@@ -184,7 +214,8 @@ class GPT(nn.Module):
   def setup(self):
     c = self.cfg
     self.wte = nn.Embed(c.vocab_size, c.d_model, embedding_init=nn.initializers.normal(0.02))
-    self.blocks = [Block(c, i) for i in range(c.n_layer)]
+    block = nn.remat(Block) if c.remat == "block" else Block  # remat wraps __call__ only
+    self.blocks = [block(c, i) for i in range(c.n_layer)]
     self.ln_f = _layer_norm(c, "ln_f")
 
   def _head(self, x):

@@ -160,6 +160,31 @@ def test_reference_and_xla_impls_agree(case):
     assert_differs(l_xla, l_closed, what="memory on vs off")
 
 
+@pytest.mark.parametrize("remat", ["memory", "block"])
+@pytest.mark.parametrize("case", ["tc_delta", "tc_two_timescales"])
+def test_remat_changes_nothing(case, remat):
+  """Recomputing the memory scan (or whole blocks) in the backward gives the same loss and
+  gradients as storing them (two layers, so a remat'ed block feeds another), and the
+  backward keeps fewer residuals."""
+  cfg = small_config(**MECH_CASES[case], impl="xla")
+  toks = tokens(_seed(case) + 200)
+  _, params = init_model(cfg, seed=_seed(case))
+
+  def residual_floats(c):
+    vjp = lambda p: jax.vjp(lambda p: GPT(c).apply(p, toks), p)[1]
+    return sum(x.size for x in jax.tree_util.tree_leaves(jax.eval_shape(vjp, params)))
+
+  assert residual_floats(cfg.replace(remat=remat)) < residual_floats(cfg)
+  (loss, _), g = value_and_grad(GPT(cfg), params, toks)
+  (loss_r, _), g_r = value_and_grad(GPT(cfg.replace(remat=remat)), params, toks)
+  assert_close(loss_r, loss, 1e-6, "loss")
+  flat = jax.tree_util.tree_leaves_with_path(g)
+  flat_r = jax.tree_util.tree_leaves(g_r)
+  assert len(flat) == len(flat_r)
+  for (path, b), a in zip(flat, flat_r):
+    assert_close(a, b, 1e-5, f"grad {jax.tree_util.keystr(path)}")
+
+
 # ------------------------------------------------------------------ causality
 
 
