@@ -17,7 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from test_train import ROOT, StandInIterator
-from tensorcache import checkpoint, optim, sharding, train
+from tensorcache import checkpoint, optim, sharding, train, train_step
 from tensorcache.config import ModelConfig
 
 from configs import base  # noqa: E402  (test_train puts the repository root on sys.path)
@@ -155,7 +155,7 @@ def test_every_mechanism_traces_its_train_step(mechanism):
   batch = {k: jax.ShapeDtypeStruct((B, T), np.int32) for k in ("inputs", "targets")}
   batch["weights"] = jax.ShapeDtypeStruct((B, T), np.float32)
   sched = optim.schedule_values(spec.optim)
-  new_state, metrics = jax.eval_shape(functools.partial(train._train_step, spec=spec), abstract, batch, sched)
+  new_state, metrics = jax.eval_shape(functools.partial(train_step._train_step, spec=spec), abstract, batch, sched)
   assert jax.tree.structure(new_state) == jax.tree.structure(abstract)
   assert {"loss", "grad_norm", "param_norm", "lr"} <= set(metrics)
   if mechanism == "infini":
