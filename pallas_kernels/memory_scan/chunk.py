@@ -1,0 +1,101 @@
+"""One chunk of the exact memory scan, written for a kernel body.
+
+Every array is 2-D and float32 (``[C, D]`` chunks, ``[1, C]`` log decays, ``[1, 1]`` write
+rate, ``[D, D]`` state, ``[1, D]`` normaliser state); the only operations are matrix
+products, elementwise maths, iota masks and axis sums, which Pallas lowers on GPU (Triton)
+and TPU (Mosaic) alike. The backward kernels differentiate this function with ``jax.vjp``
+inside the kernel body, so forward and backward share one definition of the maths.
+
+From the state ``S`` entering the chunk, with ``G_i = sum_{j<=i} g_j`` (``G`` in the chunk's
+own frame, so every power ``exp(G_i - G_j)`` has a non-positive exponent):
+
+* outer: ``r_i = sum_{j<=i} eta e^{G_i-G_j} <q_i,k_j> v_j + e^{G_i} q_i S``;
+* wedge: the same with the two pairs ``(k, v)`` and ``(v, -k)``;
+* delta: the written vectors ``w_i = eta (v_i - k_i A_{i-1})`` solve the unit
+  lower-triangular system ``(I + M) W = eta V - eta e^{G_{i-1}} K S`` with
+  ``M_ij = eta e^{G_{i-1}-G_j} <k_i,k_j>`` (``j < i``); since ``M`` is nilpotent,
+  ``(I + M)^-1 = prod_l (I + (-M)^(2^l))`` (``log2 C`` squarings, no substitution);
+* normaliser: ``z_i = e^{g_i} z_{i-1} + eta k_i``, ``qz_i = <q_i, z_i>``.
+
+``read_first`` reads ``A_{i-1}`` instead of ``A_i`` (strict masks, ``G_{i-1}``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+f32 = jnp.float32
+RULES = ("outer", "delta", "wedge")
+
+
+def dot(a, b, ta: bool = False, tb: bool = False):
+  """``a @ b`` (``a.T`` / ``b.T`` if asked) in float32 at full precision."""
+  dims = (((0 if ta else 1,), (1 if tb else 0,)), ((), ()))
+  return lax.dot_general(a, b, dims, precision=lax.Precision.HIGHEST, preferred_element_type=f32)
+
+
+def unit_lower_inverse(M_CC):
+  """``(I + M)^-1`` for strictly lower-triangular ``M``: ``sum_n (-M)^n`` as the product
+  ``(I - M)(I + M^2)(I + M^4)...`` (``M^C = 0``)."""
+  C = M_CC.shape[0]
+  eye = jnp.where(lax.broadcasted_iota(jnp.int32, (C, C), 0) == lax.broadcasted_iota(jnp.int32, (C, C), 1),
+                  1.0, 0.0).astype(f32)
+  power = -M_CC
+  inv = eye + power
+  span = 2
+  while span < C:
+    power = dot(power, power)
+    inv = inv + dot(inv, power)
+    span *= 2
+  return inv
+
+
+def chunk_step(q, k, v, g_1C, eta_11, S_DD, z_1D, *, rule: str, read_first: bool):
+  """Reads of one chunk and the state after it: ``(r [C,D], qz [C,1], S [D,D], z [1,D])``."""
+  C = q.shape[0]
+  row = lax.broadcasted_iota(jnp.int32, (C, C), 0)
+  col = lax.broadcasted_iota(jnp.int32, (C, C), 1)
+  g_C1 = jnp.sum(jnp.where(row == col, g_1C, 0.0), axis=1, keepdims=True)
+  G_C1 = jnp.sum(jnp.where(col <= row, g_1C, 0.0), axis=1, keepdims=True)  # G_i as a column
+  G_1C = jnp.sum(jnp.where(row <= col, g_C1, 0.0), axis=0, keepdims=True)  # G_j as a row
+  G_last = jnp.sum(g_1C, axis=1, keepdims=True)  # [1, 1]
+  G_prev = G_C1 - g_C1
+  G_read = G_prev if read_first else G_C1
+  causal = (col < row) if read_first else (col <= row)
+
+  def decay(rows_C1, mask):  # exp(rows_i - G_j) on the mask, 0 elsewhere
+    return jnp.where(mask, jnp.exp(jnp.where(mask, rows_C1 - G_1C, 0.0)), 0.0)
+
+  read_decay = decay(G_read, causal)
+  w_last = jnp.exp(G_last - G_C1)  # [C, 1]
+  lam_C = jnp.exp(G_last)
+  q_read = q * jnp.exp(G_read)
+  qk = dot(q, k, tb=True) * read_decay
+  r = dot(q_read, S_DD)
+  if rule == "delta":
+    M = dot(k, k, tb=True) * decay(G_prev, col < row) * eta_11
+    Tinv = unit_lower_inverse(M)
+    W = dot(Tinv, eta_11 * (v - dot(jnp.exp(G_prev) * k, S_DD)))  # the written vectors w_i
+    r = r + dot(qk, W)
+    S_new = lam_C * S_DD + dot(k * w_last, W, ta=True)
+  else:
+    r = r + eta_11 * dot(qk, v)
+    upd = dot(k * w_last, v, ta=True)
+    if rule == "wedge":
+      r = r - eta_11 * dot(dot(q, v, tb=True) * read_decay, k)
+      upd = upd - dot(v * w_last, k, ta=True)
+    S_new = lam_C * S_DD + eta_11 * upd
+  qz = eta_11 * jnp.sum(qk, axis=1, keepdims=True) + jnp.sum(q_read * z_1D, axis=1, keepdims=True)
+  z_new = lam_C * z_1D + eta_11 * jnp.sum(k * w_last, axis=0, keepdims=True)
+  return r, qz, S_new, z_new
+
+
+def chunk_vjp(q, k, v, g_1C, eta_11, S_DD, z_1D, cotangents, *, rule: str, read_first: bool):
+  """Cotangents of ``chunk_step``'s inputs from those of its outputs (``(dr, dqz, dS, dz)``)."""
+  def f(*xs):
+    return chunk_step(*xs, rule=rule, read_first=read_first)
+
+  _, pullback = jax.vjp(f, q, k, v, g_1C, eta_11, S_DD, z_1D)
+  return pullback(cotangents)
