@@ -382,13 +382,13 @@ def run_tc_attention(S, opts, emit) -> None:
 # ------------------------------------------------------------------ GPT-124M training step
 
 ARMS = {"window": ("window", "delta"), "full": ("full", "delta"), "tc_outer": ("tc", "outer"),
-        "tc_delta": ("tc", "delta"), "gpt2_b32": ("tc", "delta")}
+        "tc_delta": ("tc", "delta"), "tc_delta_remat": ("tc", "delta"), "gpt2_b32": ("tc", "delta")}
 
 
-def gpt_config(S, mechanism, rule, window, max_len) -> ModelConfig:
+def gpt_config(S, mechanism, rule, window, max_len, remat="none") -> ModelConfig:
   return ModelConfig(vocab_size=S.vocab, n_layer=S.n_layer, n_head=S.n_head, d_model=S.d_model,
                      window=window, dtype="bfloat16", mechanism=mechanism, rule=rule, max_len=max_len,
-                     train_window=True)
+                     train_window=True, remat=remat)
 
 
 def init_params(model: GPT, seed: int = 0):
@@ -420,7 +420,7 @@ def run_train(S, opts, arm: str, emit) -> None:
   mechanism, rule = ARMS[arm]
   if arm == "gpt2_b32":  # the gpt2 preset at its default batch (32) and byte vocabulary
     S = dataclasses.replace(S, train_B=4 * S.train_B, vocab=256)
-  cfg = gpt_config(S, mechanism, rule, S.train_W, S.train_T)
+  cfg = gpt_config(S, mechanism, rule, S.train_W, S.train_T, "memory" if arm.endswith("_remat") else "none")
   model = GPT(cfg)
   batches = [jax.random.randint(jax.random.PRNGKey(31 + i), (S.train_B, S.train_T + 1), 0, S.vocab)
              for i in range(2)]
@@ -441,7 +441,7 @@ def run_train(S, opts, arm: str, emit) -> None:
   tokens = S.train_B * S.train_T
   flops = train_flops(S, cfg, n_params)
   emit(section="train", case=arm, arm=arm, mechanism=mechanism, rule=rule if mechanism == "tc" else None,
-       n_params=n_params, tokens_per_step=tokens, tok_s=tokens / (stats["ms"] * 1e-3),
+       remat=cfg.remat, n_params=n_params, tokens_per_step=tokens, tok_s=tokens / (stats["ms"] * 1e-3),
        flops_per_step=flops, mfu=flops / (stats["ms"] * 1e-3) / (fast_paths.PEAK_TFLOPS * 1e12),
        loss_first=losses[0], loss_last=losses[-1], loss_finite=all(map(math.isfinite, losses)),
        peak_bytes=device_peak(), **stats, **info)
