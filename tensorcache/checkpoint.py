@@ -41,11 +41,12 @@ class IncompatibleCheckpointError(ValueError):
   """The workdir holds checkpoints of a different model: never skipped as 'corrupt'."""
 
 
-def manager(workdir: str, max_to_keep: int | None = 3, async_save: bool = True) -> ocp.CheckpointManager:
+def manager(workdir: str, max_to_keep: int | None = 3, async_save: bool = True,
+            create: bool = True) -> ocp.CheckpointManager:
   root = workdir if "://" in workdir else os.path.abspath(workdir)  # gs://... stays a URL
   path = os.path.join(root, CHECKPOINT_DIR)
   return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save))
+      max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save))
 
 
 def config_to_json(cfg: ModelConfig) -> dict:
@@ -117,9 +118,20 @@ def abstract_params(cfg: ModelConfig):
   return jax.eval_shape(lambda: GPT(cfg).init(jax.random.PRNGKey(0), init_tokens()))
 
 
+def _existing_manager(workdir: str) -> ocp.CheckpointManager:
+  """A manager for reading ``workdir``'s checkpoints; creates nothing on disk. Raises
+  ``FileNotFoundError`` when ``workdir`` holds no checkpoint directory."""
+  path = os.path.join(workdir, CHECKPOINT_DIR)
+  if "://" not in workdir and not os.path.isdir(path):
+    what = "does not exist" if not os.path.exists(workdir) else f"has no {CHECKPOINT_DIR}/ directory"
+    raise FileNotFoundError(f"--workdir {workdir} {what}; train (tensorcache.main) or convert "
+                            "(tensorcache.convert) into it first.")
+  return manager(workdir, max_to_keep=None, create=False)
+
+
 def load_model(workdir: str) -> tuple[ModelConfig, Any, int]:
   """``(config, params, step)`` of the newest usable checkpoint in ``workdir``."""
-  mngr = manager(workdir, max_to_keep=None)
+  mngr = _existing_manager(workdir)
 
   def args(step):
     meta = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))
@@ -283,7 +295,7 @@ def set_aside(mngr: ocp.CheckpointManager, steps: list[int]) -> None:
 def load_run_config(workdir: str) -> dict | None:
   """The run config (``configs/base.py`` layout, as a dict) saved with the newest trainer
   checkpoint in ``workdir``; None for checkpoints without one (e.g. converted)."""
-  mngr = manager(workdir, max_to_keep=None)
+  mngr = _existing_manager(workdir)
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       meta = mngr.restore(step, args=ocp.args.Composite(train=ocp.args.JsonRestore()))["train"]

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
   """``python -m tensorcache.convert --from-torch ckpt.pt --workdir out/``."""
   import argparse
 
-  from tensorcache import checkpoint
+  from tensorcache import cli
 
   parser = argparse.ArgumentParser(description="Convert a reference PyTorch checkpoint into an orbax checkpoint.")
   source = parser.add_mutually_exclusive_group(required=True)
@@ -200,7 +200,14 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--workdir", required=True, help="where to write the checkpoint (evaluate/sample read it)")
   parser.add_argument("--kv-mode", choices=KV_MODES, help="reference preset (default: inferred from the config)")
   parser.add_argument("--max-len", type=int, help="full-attention cache capacity (default: block_size)")
+  cli.add_arguments(parser)
   args = parser.parse_args(argv)
+  cli.guard(_convert, args.debug, args.verbose, args)
+
+
+def _convert(args) -> None:
+  from tensorcache import checkpoint
+
   overrides = {} if args.max_len is None else {"max_len": args.max_len}
   if args.from_torch:
     cfg, params = load_torch_checkpoint(args.from_torch, args.kv_mode, **overrides)

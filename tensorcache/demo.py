@@ -1,23 +1,25 @@
 """The README's demo: train Tensor Cache, window-only and full attention on associative
 recall whose answers lie mostly beyond the window, evaluate them, print a table, save a plot.
 
-``python -m tensorcache.demo [--workdir=demo_out]`` runs ``experiments/recall_demo.py``'s three
-arms on the CPU (about 2 minutes each on 2 cores; rerunning resumes from the checkpoints).
-It writes ``<workdir>/recall_demo.csv`` (accuracy per distance bin) and
-``<workdir>/recall_demo.png``.
+``python -m tensorcache.demo [--workdir=demo_out] [--reuse]`` runs ``experiments/recall_demo.py``'s
+three arms on the CPU, printing a line per arm and phase and the training progress. Each run
+starts fresh (earlier runs' arm directories in ``--workdir`` are replaced); ``--reuse`` resumes
+from them instead (a finished arm is then only evaluated). It writes
+``<workdir>/recall_demo.csv`` (accuracy per distance bin) and ``<workdir>/recall_demo.png``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-from tensorcache import evaluate, inference, train
+from tensorcache import checkpoint, cli, evaluate, inference, train
 
 
 EXPERIMENT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -63,21 +65,41 @@ def _define_flags() -> None:
   """Command-line flags, defined only when run as a program (importing defines none)."""
   flags.DEFINE_string("workdir", "demo_out", "Where the three runs, the CSV and the plot go.")
   flags.DEFINE_integer("eval_examples", 512, "Validation examples per arm.")
+  flags.DEFINE_bool("reuse", False, "Resume from the arms' earlier runs in --workdir instead of starting fresh.")
+
+
+def _prepare(workdir: str, reuse: bool) -> str:
+  """Says whether the arm in ``workdir`` starts fresh or reuses an earlier run; a fresh start
+  removes an earlier run of the demo there (a directory the trainer wrote: checkpoints and
+  config.json), and refuses to touch anything else."""
+  if not os.path.exists(workdir):
+    return "fresh"
+  ours = os.path.isfile(os.path.join(workdir, "config.json")) and os.path.isdir(
+      os.path.join(workdir, checkpoint.CHECKPOINT_DIR))
+  if not ours and os.listdir(workdir):
+    raise cli.UserError(f"{workdir} exists and is not a run of this demo; choose another --workdir.")
+  if reuse:
+    return "reusing the earlier run in " + workdir
+  shutil.rmtree(workdir)
+  return "fresh (replaced the earlier run; --reuse resumes from it)"
 
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # keep the table readable (orbax logs every save)
   f = flags.FLAGS
   exp = _experiment()
+  arms = exp.sweep()
+  plans = {arm: _prepare(os.path.join(f.workdir, arm), f.reuse) for arm in arms}  # fail before training
   os.makedirs(f.workdir, exist_ok=True)
   table, curves, csv_rows = [], {}, []
-  for arm in exp.sweep():
+  for n, arm in enumerate(arms, 1):
     config = exp.get_config(arm)
-    config.train.progress = False
+    print(f"[{n}/{len(arms)}] {arm}: training {config.train.steps} steps, {plans[arm]}", flush=True)
     t0 = time.perf_counter()
     state = train.train(config, os.path.join(f.workdir, arm))
     seconds = time.perf_counter() - t0
+    print(f"[{n}/{len(arms)}] {arm}: trained in {seconds:.0f} s; evaluating on {f.eval_examples} "
+          "validation sequences", flush=True)
     cfg = train.model_config(config.model)
     kw = dict(seq_len=config.train.seq_len, num_examples=f.eval_examples)
     split = evaluate.recall_accuracy(cfg, state.params, config.data, bin_edges=(0, 1), **kw)
@@ -86,7 +108,6 @@ def main(argv):
     acc = {r["distance_lo_W"]: r for r in split}
     table.append((arm, acc[0]["accuracy"], acc[0]["answers"], acc[1]["accuracy"], acc[1]["answers"],
                   cache_bytes(cfg, config.train.seq_len), cache_bytes(cfg, 1 << 20), seconds))
-    print(f"{arm}: trained {config.train.steps} steps in {seconds:.0f} s", flush=True)
   evaluate.write_csv(os.path.join(f.workdir, "recall_demo.csv"), csv_rows)
   png = os.path.join(f.workdir, "recall_demo.png")
   _plot(png, curves, cfg.window)
@@ -108,4 +129,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

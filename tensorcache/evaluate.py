@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from tensorcache import checkpoint, data, inference
+from tensorcache import checkpoint, cli, data, inference
 from tensorcache.config import ModelConfig
 from tensorcache.model import GPT
 
@@ -173,4 +173,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

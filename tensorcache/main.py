@@ -1,28 +1,20 @@
 """Command line: ``python -m tensorcache.main --config=configs/base.py:tiny,tc --workdir=/tmp/run``.
 
 Overrides: ``--config.model.window=256 --config.train.steps=1000``. Rerunning the same
-command resumes from the newest usable checkpoint in ``--workdir``. With
-``--config.train.distributed=True`` (multi-host, e.g. a TPU pod slice: docs/tpu.md),
-``jax.distributed.initialize()`` runs before any other JAX call.
+command resumes from the newest usable checkpoint in ``--workdir``; Ctrl-C (or SIGTERM)
+saves the step reached first. With ``--config.train.distributed=True`` (multi-host, e.g. a
+TPU pod slice: docs/tpu.md), ``jax.distributed.initialize()`` runs before any other JAX call.
 """
 
-import logging
-
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 from ml_collections import config_flags
+
+from tensorcache import cli
 
 config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/base.py:small,tc.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, logs and traces; rerun to resume.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-class _QuietLibraries(logging.Filter):
-  """Orbax logs every save at INFO; keep its warnings, drop the rest (see --verbosity)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
 
 
 def main(argv):
@@ -31,10 +23,9 @@ def main(argv):
   if config.train.distributed:
     import jax  # noqa: PLC0415
     jax.distributed.initialize()  # before anything touches a backend
-  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
   from tensorcache import train  # noqa: PLC0415 - after the distributed runtime is up
   train.train(config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from tensorcache import checkpoint, inference
+from tensorcache import checkpoint, cli, inference
 from tensorcache.data import get_tokenizer
 from tensorcache.model import GPT
 
@@ -54,4 +54,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)
