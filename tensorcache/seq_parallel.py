@@ -1,0 +1,267 @@
+"""Sequence parallelism, written per shard: the time axis split over a named mesh axis.
+
+Every function here runs *inside* a ``shard_map`` whose manual axis ``axis`` splits the
+positions into ``n`` equal shards of ``T`` (``tensorcache/sharding.py`` places that
+boundary; nothing here sees a mesh). Collectives are explicit (``ppermute``, ``all_gather``)
+and the per-shard math goes through ``dispatch``, so a kernel registered there runs per
+shard unchanged.
+
+Layouts. Shard ``i`` holds positions ``[i T, (i + 1) T)`` (contiguous), or, for causal
+attention without a window (``balanced``), the zigzag halves ``i`` and ``2n - 1 - i`` of
+``2n`` equal pieces, so every shard does the same attention work.
+
+* ``preceding``: the ``m`` positions before a shard's first (a halo), by ``ppermute`` from the
+  ``ceil(m / T)`` shards before it (several hops when ``m > T``); zeros where none exist.
+* ``window_attention``: L1 with a window (and sinks): the shard's queries against the halo of
+  the last ``window - 1`` keys, its own keys and the sinks, one ``dispatch.l1_attention`` call.
+* ``ring_attention``: full causal attention; key/value blocks travel around the ring by
+  ``ppermute`` and merge by online softmax (float32 running max and sum).
+* ``memory_scan``: the exact memory scan (every rule). The memory state is an affine function
+  of the state entering a shard, ``S -> Phi S + Psi`` (``Phi = e^{sum g} I`` for the linear
+  rules, a matrix for delta). Each shard scans its stream from zero (reads ``r0`` and
+  ``Psi``); an exclusive scan of the gathered maps gives the state entering each shard; the
+  reads are corrected by ``q_i Phi_i S_in``.
+* ``infini_scan``: Infini-attention segments aligned with the shards; the state entering a
+  shard is a sum (linear rule) or is passed along the ring ``n - 1`` times (delta rule,
+  whose segment write depends on the state non-linearly).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from tensorcache import dispatch, memory
+from tensorcache.cache import InfiniState
+from tensorcache.shapes import NEG_INF
+
+f32 = jnp.float32
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+# ------------------------------------------------------------------ layout
+
+
+def zigzag_order(length: int, n: int) -> np.ndarray:
+  """Global positions in zigzag layout order: shard ``i`` holds pieces ``i`` and
+  ``2n - 1 - i`` of ``2n`` equal pieces (``length`` divisible by ``2n``)."""
+  if length % (2 * n):
+    raise ValueError(f"A balanced (zigzag) layout needs the length {length} divisible by 2 x {n} shards.")
+  c = length // (2 * n)
+  pieces = [p for i in range(n) for p in (i, 2 * n - 1 - i)]
+  return np.concatenate([np.arange(p * c, (p + 1) * c) for p in pieces])
+
+
+def positions(T: int, axis: str, balanced: bool) -> Int[Array, "T"]:
+  """Global positions of this shard's ``T`` tokens."""
+  i, n = jax.lax.axis_index(axis), jax.lax.axis_size(axis)
+  if not balanced:
+    return i * T + jnp.arange(T)
+  c = T // 2
+  return jnp.concatenate([i * c + jnp.arange(c), (2 * n - 1 - i) * c + jnp.arange(c)])
+
+
+def preceding(x_BTF: Float[Array, "B T ..."], m: int, axis: str) -> Float[Array, "B m ..."]:
+  """The ``m`` positions before this shard's first (contiguous layout), zeros where the
+  sequence has none. Hop ``j`` sends the last ``min(T, m - (j - 1) T)`` positions of shard
+  ``i - j`` to shard ``i``: exactly the positions needed, nothing gathered twice."""
+  T, n = x_BTF.shape[1], jax.lax.axis_size(axis)
+  pieces = []
+  for j in range(1, -(-m // T) + 1 if m else 1):
+    need = min(T, m - (j - 1) * T)
+    tail = x_BTF[:, T - need:]
+    perm = [(i, i + j) for i in range(n - j)]
+    pieces.insert(0, jax.lax.ppermute(tail, axis, perm) if perm else jnp.zeros_like(tail))
+  if not pieces:
+    return x_BTF[:, :0]
+  return jnp.concatenate(pieces, axis=1)
+
+
+def _zeros(shape, axis: str):
+  """float32 zeros typed as varying over ``axis`` (a scan carry that meets shard data)."""
+  return jax.lax.pcast(jnp.zeros(shape, f32), (axis,), to="varying")
+
+
+def _first(x_BTF, m: int, axis: str):
+  """The sequence's first ``m`` positions (contiguous layout), on every shard."""
+  T = x_BTF.shape[1]
+  return jax.lax.all_gather(x_BTF[:, :min(m, T)], axis, axis=1, tiled=True)[:, :m]
+
+
+# ------------------------------------------------------------------ L1
+
+
+def window_attention(q, k, v, *, axis: str, window: int, num_sinks: int = 0, q_sink=None, block: int = 128,
+                     impl=dispatch.Impl.AUTO) -> Float[Array, "B T H D"]:
+  """L1 with a window (``window`` recent keys, plus sinks ``s < num_sinks``) on a shard.
+
+  The shard builds ``[sinks (num_sinks), halo (window - 1), own (T)]`` and runs the same
+  ``dispatch.l1_attention`` as one device on it. That call sees sinks as the first
+  ``num_sinks`` entries and the window by index difference, so entries that do not exist
+  (positions < 0) or repeat a sink (halo positions < num_sinks) are moved to the end, behind
+  every real query: with ``g0 = start - (window - 1)`` the first ``a = clip(g0, 0, ns)``
+  entries stay and the next ``d = ns - a + max(0, -g0)`` go to the end. What remains is the
+  global sequence ``[0, ns) + [max(g0, ns), start + T)``, index differences equal position
+  differences, and the shard's queries sit at ``[ns + window - 1 - d, ... + T)``.
+  """
+  B, T, H, D = q.shape
+  ns, m = num_sinks, window - 1
+  start = jax.lax.axis_index(axis) * T
+
+  def extend(x, own_only=False):
+    if own_only:  # queries: only the shard's own rows are read back
+      return jnp.concatenate([jnp.zeros((B, ns + m) + x.shape[2:], x.dtype), x], axis=1)
+    parts = ([_first(x, ns, axis)] if ns else []) + [preceding(x, m, axis), x]
+    return jnp.concatenate(parts, axis=1)
+
+  L = ns + m + T
+  g0 = start - m
+  a = jnp.clip(g0, 0, ns)
+  d = ns - a + jnp.maximum(0, -g0)
+  idx = jnp.arange(L)
+  src = jnp.minimum(jnp.where(idx < a, idx, idx + d), L - 1)
+  compact = lambda x: jnp.take(x, src, axis=1)
+  q_e, k_e, v_e = compact(extend(q, True)), compact(extend(k)), compact(extend(v))
+  qs_e = None if q_sink is None else compact(extend(q_sink, True))
+  out = dispatch.l1_attention(q_e, k_e, v_e, window=window, num_sinks=ns, q_sink=qs_e, block=block, impl=impl)
+  return jax.lax.dynamic_slice_in_dim(out, ns + m - d, T, axis=1)
+
+
+def _block_update(carry, q, k, v, q_pos, k_pos):
+  """Online-softmax update of ``(m, l, acc)`` (float32, ``[B, H, T]`` and ``[B, T, H, D]``)
+  with one causal key/value block."""
+  m, l, acc = carry
+  scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
+  prec = HIGHEST if q.dtype == f32 else jax.lax.Precision.DEFAULT
+  s = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=f32, precision=prec) * scale
+  ok = k_pos[None, :] <= q_pos[:, None]
+  s = jnp.where(ok, s, NEG_INF)
+  m_new = jnp.maximum(m, s.max(-1))
+  p = jnp.where(ok, jnp.exp(s - m_new[..., None]), 0.0)
+  corr = jnp.exp(m - m_new)
+  l = l * corr + p.sum(-1)
+  pv = jnp.einsum("bhts,bshd->bthd", p.astype(v.dtype), v, preferred_element_type=f32, precision=prec)
+  acc = acc * corr.transpose(0, 2, 1)[..., None] + pv
+  return m_new, l, acc
+
+
+def ring_attention(q, k, v, q_pos: Int[Array, "T"], *, axis: str, block: int = 128) -> Float[Array, "B T H D"]:
+  """Full causal attention over the ring: step ``j`` scores the shard's queries against the
+  key/value block of shard ``i - j`` (sent one hop per step by ``ppermute``, the next block
+  in flight while this one is scored) under the causal mask of their global positions.
+
+  Queries go in blocks of ``block`` rows, each block's update rematerialised in the backward
+  pass, so memory is ``O(T block)`` per head, never ``T x T``. Any layout: with the
+  balanced one every shard has the same number of visible pairs at every step.
+  """
+  B, T, H, D = q.shape
+  n = jax.lax.axis_size(axis)
+  Q = min(block, T)
+  nb = -(-T // Q)
+  pad = nb * Q - T
+  qb = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(B, nb, Q, H, D).swapaxes(0, 1)
+  qp = jnp.pad(q_pos, (0, pad), constant_values=-1).reshape(nb, Q)  # padded rows see nothing
+  update = jax.checkpoint(_block_update)
+
+  def over_blocks(carry, k_blk, v_blk, k_pos):
+    def body(_, xs):
+      c, q_, p_ = xs
+      return None, update(c, q_, k_blk, v_blk, p_, k_pos)
+    return jax.lax.scan(body, None, (carry, qb, qp))[1]
+
+  carry = (jnp.full((nb, B, H, Q), NEG_INF, f32), jnp.zeros((nb, B, H, Q), f32), jnp.zeros((nb, B, Q, H, D), f32))
+  kv = (k, v, q_pos)
+  perm = [(i, (i + 1) % n) for i in range(n)]
+  for j in range(n):
+    nxt = jax.lax.ppermute(kv, axis, perm) if j + 1 < n else None
+    carry = over_blocks(carry, *kv)
+    kv = nxt
+  m, l, acc = carry
+  out = acc / jnp.maximum(l, jnp.finfo(f32).tiny).transpose(0, 1, 3, 2)[..., None]
+  return out.swapaxes(0, 1).reshape(B, nb * Q, H, D)[:, :T].astype(q.dtype)
+
+
+# ------------------------------------------------------------------ L2
+
+
+def memory_scan(q, k, v, g_TH, eta_H, *, normalizer: bool, axis: str, rule: str, chunk: int,
+                read_first: bool = False, normalize_q: bool = False, impl=dispatch.Impl.AUTO):
+  """The exact memory scan of a write stream split over the shards (contiguous), from the
+  zero state at the stream's start: this shard's slice ``q, k, v [B, T, H, D]``, ``g [T, H]``.
+
+  Returns ``(r, qz, A, z)`` as ``dispatch.l2_scan`` would on the whole stream: this shard's
+  reads (and ``q . z`` with the normaliser, else None) and the state after the last shard
+  (the same on every shard). Per shard: one ``dispatch.l2_scan`` from zero (reads ``r0``,
+  map offset ``Psi``); for delta the same call also scans from the identity with zero values
+  (batch doubled), which gives ``q_i Phi_i`` and ``Phi``; the linear rules' ``Phi_i`` is
+  ``e^{G_i}``. The maps of all shards are gathered and composed by ``memory``'s chunk-state
+  scans; the reads become ``r0 + q_i Phi_i S_in``.
+  """
+  B, T, H, D = q.shape
+  i = jax.lax.axis_index(axis)
+  zeros = _zeros((B, H, D, D), axis)
+  z0 = _zeros((B, H, D), axis) if normalizer else None
+  kw = dict(rule=rule, chunk=chunk, read_first=read_first, normalize_q=normalize_q, impl=impl)
+  gather = lambda x, at: jax.lax.all_gather(x, axis, axis=at)
+  G = jnp.cumsum(g_TH.astype(f32), axis=0)
+  decay_read = jnp.exp(G - g_TH if read_first else G)  # [T, H]: e^{G_i} of the read state
+  g_last = gather(G[-1], 1)  # [H, N]
+  if rule == "delta":
+    eye = jnp.broadcast_to(jnp.eye(D, dtype=f32), zeros.shape)
+    two = lambda a, b: jnp.concatenate([a, b], axis=0)
+    r2, qz0, A2, zf = dispatch.l2_scan(two(q, q), two(k, k), two(v, jnp.zeros_like(v)), g_TH, eta_H,
+                                       two(zeros, eye), None if z0 is None else two(z0, z0), **kw)
+    r0, R, Psi, Phi = r2[:B], r2[B:], A2[:B], A2[B:]
+    qz0, zf = (None, None) if z0 is None else (qz0[:B], zf[:B])
+    S = memory._matrix_states(gather(Phi, 2), gather(Psi, 2), zeros)  # [B, H, N + 1, D, D]
+  else:
+    r0, qz0, Psi, zf = dispatch.l2_scan(q, k, v, g_TH, eta_H, zeros, z0, **kw)
+    R = memory.prepare(q, k[..., :0], v[..., :0], normalize_q)[0] * decay_read[None, :, :, None]
+    S = memory._scalar_states(g_last, gather(Psi, 2), zeros)
+  S_in = jax.lax.dynamic_index_in_dim(S, i, axis=2, keepdims=False)
+  r = r0 + memory._mm("bthd,bhde->bthe", R, S_in)
+  A = S[:, :, -1]
+  if z0 is None:
+    return r, None, A, None
+  Z = memory._scalar_states(g_last, gather(zf, 2)[..., None], z0[..., None])[..., 0]  # [B, H, N + 1, D]
+  z_in = jax.lax.dynamic_index_in_dim(Z, i, axis=2, keepdims=False)
+  qn = memory.prepare(q, k[..., :0], v[..., :0], normalize_q)[0]
+  qz = qz0 + memory._mm("bthd,bhd->bth", qn, z_in) * decay_read[None]
+  return r, qz, A, Z[:, :, -1]
+
+
+# ------------------------------------------------------------------ Infini-attention
+
+
+def infini_scan(q, k, v, *, axis: str, rule: str, segment: int, impl=dispatch.Impl.AUTO) -> Float[Array, "B T H D"]:
+  """Infini-attention reads on a shard (contiguous), the sequence starting from the empty
+  state. Segments must not straddle shards: ``segment`` divides the shard length ``T``, or
+  covers the whole sequence (then every token reads the empty state, as on one device)."""
+  B, T, H, D = q.shape
+  n = jax.lax.axis_size(axis)
+  empty = InfiniState(*(_zeros(s, axis) for s in ((B, H, D, D), (B, H, D), (B, H, D, D), (B, H, D))))
+  if segment >= n * T:
+    return dispatch.infini_scan(q, k, v, empty, rule=rule, segment=T, impl=impl)[0]
+  if T % segment:
+    raise ValueError(f"infini_segment={segment} must divide the shard length {T} (or cover the sequence).")
+  scan = lambda st: dispatch.infini_scan(q, k, v, st, rule=rule, segment=segment, impl=impl)
+  if rule == "linear":  # the state entering a shard: the sum of the earlier shards' writes
+    _, own = scan(empty)
+    state = empty._replace(M=_exclusive_sum(own.M, axis), z=_exclusive_sum(own.z, axis))
+  else:  # the ring passes each shard's outgoing state on; exact on shard i after i rounds
+    state = empty
+    perm = [(j, j + 1) for j in range(n - 1)]
+    for _ in range(n - 1):
+      _, out = scan(state)
+      state = empty._replace(M=jax.lax.ppermute(out.M, axis, perm), z=jax.lax.ppermute(out.z, axis, perm))
+  return scan(state)[0]
+
+
+def _exclusive_sum(x, axis: str):
+  """``sum_{j < i} x_j`` over the shards ``j`` of ``axis``."""
+  n = jax.lax.axis_size(axis)
+  mask = jnp.arange(n) < jax.lax.axis_index(axis)
+  allx = jax.lax.all_gather(x, axis)
+  return jnp.sum(jnp.where(mask.reshape((n,) + (1,) * x.ndim), allx, 0.0), axis=0)
