@@ -23,7 +23,6 @@ setup(
         "ml-collections>=1.0",
         "orbax-checkpoint>=0.11",
         "numpy>=1.26",
-        "einops>=0.8",
         "jaxtyping>=0.2.36",
         "absl-py>=2.1",
         "tqdm>=4.66",
@@ -35,8 +34,6 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.5",
-            "hypothesis>=6.100",
-            "chex>=0.1.87",
             "tokenizers>=0.15",  # the BPE tests
             # tests/test_notebooks.py executes notebooks/ (fails, never skips, without these)
             "nbclient>=0.10",

@@ -1,6 +1,7 @@
-"""Axis letters, array aliases and numeric constants shared by the whole package.
+"""Axis letters and numeric constants shared by the whole package.
 
-One vocabulary, used in names (``q_BTHD``), einsum strings and annotations:
+One vocabulary, used in names (``q_BTHD``), einsum strings and the ``jaxtyping``
+annotations (``Float[Array, "B T H D"]``) of the pure functions:
 
 ====  ==========================================
 B     batch
@@ -19,9 +20,6 @@ L     layers
 
 from __future__ import annotations
 
-import jax
-from jaxtyping import Array, Float, Int
-
 # Finite stand-in for -inf in masked logits: exp() underflows to exactly 0 and a
 # fully masked row stays finite instead of producing NaNs.
 NEG_INF = -1e30
@@ -29,11 +27,3 @@ NEG_INF = -1e30
 KEY_NORM_EPS = 1e-5
 # Epsilon of Infini-attention's read normalisation.
 INFINI_EPS = 1e-5
-
-Tokens = Int[Array, "B T"]
-Positions = Int[Array, "T"]
-Heads = Float[Array, "B T H D"]
-Memory = Float[Array, "B H D D"]
-MemoryNorm = Float[Array, "B H D"]
-PerHead = Float[Array, "H"]
-PRNGKey = jax.Array

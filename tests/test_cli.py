@@ -7,6 +7,7 @@ Each test runs ``python -m tensorcache.<command>`` in a subprocess (one CPU devi
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import re
@@ -68,6 +69,9 @@ MISTAKES = {
     "foreign_workdir_sample": (["sample", "--workdir={foreign}"], r"has no checkpoints/ directory"),
     "missing_npz_convert": (["convert", "--from-npz={new}/ref.npz", "--workdir={new}"], r"ref.npz"),
 }
+if importlib.util.find_spec("torch") is None:  # the optional extra's install command
+  MISTAKES["missing_torch_convert"] = (["convert", "--from-torch={new}/ckpt.pt", "--workdir={new}"],
+                                       r"needs torch: pip install -e '\.\[torch\]'")
 
 
 @pytest.mark.parametrize("mistake", sorted(MISTAKES))
