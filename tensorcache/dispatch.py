@@ -5,16 +5,19 @@ Each op takes arrays and static arguments only, so a kernel can replace any of t
 arrive in the compute dtype (bf16 in training); implementations cast to float32 *inside*.
 
 ``Impl`` is resolved at call time, never at import time: ``REFERENCE`` is the plain oracle
-(dense ``T x T`` attention, per-token memory recurrence), ``XLA`` the chunked forms;
-``AUTO`` picks the fastest implementation for the platform the op is lowered for.
+(dense ``T x T`` attention, per-token memory recurrence), ``XLA`` the chunked forms,
+``PALLAS`` the Pallas kernels where one exists (the exact memory scan); ``AUTO`` picks the
+fastest implementation for the platform the op is lowered for.
 """
 
 from __future__ import annotations
 
 import enum
 
+import jax
 import jax.numpy as jnp
 
+from pallas_kernels.memory_scan import ops as memory_scan_ops
 from tensorcache import attention, fast_attention, infini, memory
 
 
@@ -22,6 +25,10 @@ class Impl(enum.Enum):
   AUTO = "auto"
   REFERENCE = "reference"
   XLA = "xla"
+  PALLAS = "pallas"
+
+
+PALLAS_BLOCK = 32  # the memory-scan kernel's chunk (steps per on-chip iteration)
 
 
 # ------------------------------------------------------------------ L1
@@ -87,11 +94,27 @@ def l2_scan(q, k, v, g, eta, A, z=None, *, rule, chunk, read_first=False, normal
   ``q, k, v`` are raw (any float dtype; keys are L2-normalised inside, queries too with
   ``normalize_q``). ``z`` (optional) is the read normaliser's state. Returns ``(r, qz, A, z)``
   in float32, ``qz``/``z`` None without a normaliser.
+
+  ``PALLAS`` runs ``pallas_kernels/memory_scan`` (its own chunk of 32 steps; the result does
+  not depend on it): the GPU kernel on CUDA, the TPU kernel on TPU, the GPU kernel in Pallas
+  interpret mode elsewhere (slow; for tests).
   """
+  impl = Impl(impl)
   q, k, v = memory.prepare(q, k, v, normalize_q)
-  if Impl(impl) is Impl.REFERENCE or q.shape[1] == 1:  # one step (decode): the direct update
+  if impl is Impl.REFERENCE or q.shape[1] == 1:  # one step (decode): the direct update
     return memory.memory_recurrence(q, k, v, g, eta, A, rule, read_first, z)
+  if impl is Impl.PALLAS:
+    return _pallas_memory_scan(q, k, v, g, eta, A, z, rule=rule, read_first=read_first)
   return memory.memory_scan(q, k, v, g, eta, A, rule, chunk, read_first, z)
+
+
+def _pallas_memory_scan(q, k, v, g, eta, A, z, *, rule, read_first):
+  def kernel(backend, interpret=False):
+    return lambda *a: memory_scan_ops.memory_scan(*a, rule=rule, read_first=read_first, block=PALLAS_BLOCK,
+                                                  backend=backend, interpret=interpret)
+
+  return jax.lax.platform_dependent(q, k, v, g, eta, A, z, cuda=kernel("gpu"), tpu=kernel("tpu"),
+                                    default=kernel("gpu", interpret=True))
 
 
 def l2_chunk_start(q, k, v, log_lam, valid, eta, A, z=None, *, rule, chunk, mean, normalize_q=False,
