@@ -74,7 +74,8 @@ def train_config(preset: str) -> ml_collections.ConfigDict:
       internal_metrics=True,  # per-layer gate, lambda, eta and read share of tc layers
       fast_compile=False,  # XLA backend optimisation level 0: quick compiles, slow steps (CPU smoke)
       distributed=False,  # jax.distributed.initialize() first (multi-host: TPU pods)
-      mesh=dict(data=-1, fsdp=1),  # device mesh; -1 takes the devices left over
+      # device mesh; -1 takes the devices left over; seq splits the positions (seq_len)
+      mesh=dict(data=-1, fsdp=1, seq=1),
       # batch_size (global: all processes and micro-batches) and seq_len (the context):
       **models.TRAIN[preset],
   ))
@@ -109,7 +110,7 @@ def smoke(config: ml_collections.ConfigDict, steps: int = 2) -> ml_collections.C
   config.train.update(models.TRAIN["tiny"])
   config.train.update(steps=steps, log_every=1, checkpoint_every=steps, eval_every=steps,
                       eval_windows=8, progress=False,
-                      profile_steps=0, fast_compile=True, mesh=dict(data=-1, fsdp=1))
+                      profile_steps=0, fast_compile=True, mesh=dict(data=-1, fsdp=1, seq=1))
   config.optim.update(warmup_steps=1, accum_steps=1)
   config.lock()
   return config

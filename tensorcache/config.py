@@ -89,6 +89,9 @@ class ModelConfig:
   attn_block: int = 128
   impl: str = "auto"
   remat: str = "none"
+  # Sequence parallelism: the manual mesh axis the positions are split over (set by
+  # tensorcache/sharding.py inside its shard_map; None on one device).
+  seq_axis: str | None = None
 
   def __post_init__(self):
     def choice(name, options):
@@ -142,6 +145,12 @@ class ModelConfig:
     if self.mechanism != "tc":
       return False
     return self.memory_layers < 0 or layer >= self.n_layer - self.memory_layers
+
+  @property
+  def seq_balanced(self) -> bool:
+    """Split the positions zigzag (balanced causal attention) rather than contiguously: only
+    when training attends without a window and nothing scans the sequence in order."""
+    return self.l1_window(training=True) is None and self.mechanism not in ("tc", "infini")
 
   def l1_window(self, training: bool) -> int | None:
     """Recent keys a query sees (None: unbounded). Sinks come on top of this."""

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from tensorcache import cache as cache_lib, dispatch, memory
+from tensorcache import cache as cache_lib, dispatch, memory, seq_parallel
 from tensorcache.config import ModelConfig
 from tensorcache.rope import apply_rope
 
@@ -38,11 +38,25 @@ def sink_query(q_raw_BTHD, positions, cfg: ModelConfig):
   return apply_rope(q_raw_BTHD, jnp.minimum(positions, cfg.window - 1), cfg.rope_base, cfg.rope_scaling)
 
 
+def train_positions(T: int, cfg: ModelConfig):
+  """Global positions of the ``T`` tokens a training forward sees: ``0..T-1``, or this
+  shard's under sequence parallelism (``cfg.seq_axis``)."""
+  if cfg.seq_axis is None:
+    return jnp.arange(T)
+  return seq_parallel.positions(T, cfg.seq_axis, cfg.seq_balanced)
+
+
 # ------------------------------------------------------------------ L1
 
 
 def l1_parallel(q, k, v, cfg: ModelConfig, q_sink=None):
   window = cfg.l1_window(training=True)
+  if cfg.seq_axis is not None:  # this shard's queries; the keys come from the ring or the halo
+    if window is None:
+      return seq_parallel.ring_attention(q, k, v, train_positions(q.shape[1], cfg), axis=cfg.seq_axis,
+                                         block=cfg.attn_block)
+    return seq_parallel.window_attention(q, k, v, axis=cfg.seq_axis, window=window, num_sinks=cfg.n_sinks,
+                                         q_sink=q_sink, block=cfg.attn_block, impl=cfg.impl)
   return dispatch.l1_attention(
       q, k, v, window=window, num_sinks=cfg.n_sinks if window is not None else 0,
       q_sink=q_sink if window is not None else None, block=cfg.attn_block, impl=cfg.impl)
@@ -96,14 +110,25 @@ def tc_parallel(q, k, v, mp: MemoryParams, cfg: ModelConfig):
     shift = cfg.window
   else:
     shift = 0
-  qs = memory.shift_queries(q, shift)
-  valid = jnp.arange(T) < T - shift  # pairs written by the last position
+  if cfg.seq_axis is None:
+    qs = memory.shift_queries(q, shift)
+    valid = jnp.arange(T) < T - shift  # pairs written by the last position
+  elif mode == "exact":  # this shard's step i writes the token `shift` before its query i
+    qs, k, v = q, seq_parallel.delayed(k, shift, cfg.seq_axis), seq_parallel.delayed(v, shift, cfg.seq_axis)
+    valid = train_positions(T, cfg) >= shift
+    shift = 0
+  else:
+    raise NotImplementedError(f"memory_mode={mode!r} under sequence parallelism; use 'exact'.")
   k = k * valid[None, :, None, None].astype(k.dtype)
   v = _scaled_values(v, cfg)
   state = cache_lib.empty_memory(B, H, D, cfg.normalize_read, mp.alpha is not None)
   reads, finals = [], []
 
   def scan(qs, k, v, log_lam, eta, A, z):
+    if mode == "exact" and cfg.seq_axis is not None:
+      return seq_parallel.memory_scan(
+          qs, k, v, memory.log_decay(log_lam, valid), eta, normalizer=z is not None, axis=cfg.seq_axis,
+          rule=cfg.rule, chunk=cfg.chunk, normalize_q=cfg.normalize_q, impl=cfg.impl)
     if mode == "exact":
       return dispatch.l2_scan(
           qs, k, v, memory.log_decay(log_lam, valid), eta, A, z, rule=cfg.rule, chunk=cfg.chunk,
@@ -175,6 +200,9 @@ def infini_mix(local, mem, beta):
 
 def infini_parallel(q, k, v, cfg: ModelConfig):
   B, T, H, D = q.shape
+  if cfg.seq_axis is not None:
+    return seq_parallel.infini_scan(q, k, v, axis=cfg.seq_axis, rule=cfg.infini_rule,
+                                    segment=infini_segment(cfg, False), impl=cfg.impl)
   r, _ = dispatch.infini_scan(q, k, v, cache_lib.empty_infini(B, H, D), rule=cfg.infini_rule,
                               segment=infini_segment(cfg, False), impl=cfg.impl)
   return r

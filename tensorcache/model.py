@@ -139,7 +139,7 @@ class Attention(nn.Module):
 
   def __call__(self, x):
     c = self.cfg
-    positions = jnp.arange(x.shape[1])
+    positions = mechanisms.train_positions(x.shape[1], c)
     q, k, v, q_sink = self._qkv(x, positions)
     local = mechanisms.l1_parallel(q, k, v, c, q_sink)
     if c.mechanism == "infini":

@@ -79,6 +79,17 @@ def preceding(x_BTF: Float[Array, "B T ..."], m: int, axis: str) -> Float[Array,
   return jnp.concatenate(pieces, axis=1)
 
 
+def delayed(x_BTF: Float[Array, "B T ..."], shift: int, axis: str) -> Float[Array, "B T ..."]:
+  """``x'[:, i] = x[:, i - shift]`` in global positions (zeros before the sequence): the
+  eviction stream a shard writes, ``shift`` positions behind its queries."""
+  T = x_BTF.shape[1]
+  if shift == 0:
+    return x_BTF
+  if shift >= T:
+    return preceding(x_BTF, shift, axis)[:, :T]
+  return jnp.concatenate([preceding(x_BTF, shift, axis), x_BTF[:, :T - shift]], axis=1)
+
+
 def _zeros(shape, axis: str):
   """float32 zeros typed as varying over ``axis`` (a scan carry that meets shard data)."""
   return jax.lax.pcast(jnp.zeros(shape, f32), (axis,), to="varying")

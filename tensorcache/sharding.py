@@ -2,7 +2,8 @@
 
 Modules never see a mesh (STYLE.md habit 12). The trainer asks this module for:
 
-- ``make_mesh(data, fsdp)``: a ``("data", "fsdp")`` mesh over all devices (1 or many hosts);
+- ``make_mesh(data, fsdp, seq=)``: a ``("data", "fsdp", "seq")`` mesh over all devices (1 or
+  many hosts); ``seq`` splits the positions (sequence parallelism);
 - ``tree_shardings(tree, mesh)``: one ``NamedSharding`` per leaf of a parameter or optimiser
   state tree, chosen by the leaf's *name* through ``RULES``. FSDP shards a matrix along its
   largest axis divisible by the ``fsdp`` size (replicated when none is); named small vectors
@@ -10,7 +11,11 @@ Modules never see a mesh (STYLE.md habit 12). The trainer asks this module for:
   ``UnmatchedParameterError`` instead of being silently replicated: a new parameter must be
   given a rule here;
 - ``batch_sharding(mesh)`` / ``shard_batch``: batches split over ``data x fsdp`` on their
-  leading axis, assembled from each process's local rows.
+  leading axis and over ``seq`` on the positions, assembled from each process's local rows;
+- ``seq_sharded(fn, mesh)``: ``fn`` run per ``seq`` shard under ``jax.shard_map`` (only
+  ``seq`` manual; ``data``/``fsdp`` stay automatic), the model built with
+  ``seq_axis=SEQ`` so its per-shard math (``seq_parallel.py``) exchanges what it needs;
+  ``to_seq_layout`` / ``from_seq_layout``: the zigzag order of balanced causal attention.
 
 Version-sensitive calls (mesh axis types) live here only.
 """
@@ -19,14 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-DATA, FSDP = "data", "fsdp"
-AXES = (DATA, FSDP)
+from tensorcache import seq_parallel
+
+DATA, FSDP, SEQ = "data", "fsdp", "seq"
+AXES = (DATA, FSDP, SEQ)
 BATCH = (DATA, FSDP)  # the batch axis is split over both mesh axes
 
 SHARD, REPLICATE = "fsdp", "replicate"
@@ -64,8 +72,10 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A ``("data", "fsdp")`` mesh; ``-1`` on one axis takes the devices left over.
+def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None, *,
+              seq: int = 1) -> Mesh:
+  """A ``("data", "fsdp", "seq")`` mesh; ``-1`` on ``data`` or ``fsdp`` takes the devices left
+  over. ``seq`` is the innermost axis, so a ring's neighbours are neighbouring devices.
 
   Uses the topology-aware device order where the platform has one (TPU), a plain reshape
   elsewhere. Axis types are ``Auto`` (GSPMD propagation), whatever jax's default.
@@ -74,18 +84,19 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
   n = len(devices)
   if data == -1 and fsdp == -1:
     raise ValueError("At most one mesh axis may be -1.")
+  rest = n // seq if seq > 0 and n % seq == 0 else 0
   if data == -1:
-    data = n // fsdp if fsdp > 0 and n % fsdp == 0 else 0
+    data = rest // fsdp if fsdp > 0 and rest % fsdp == 0 else 0
   elif fsdp == -1:
-    fsdp = n // data if data > 0 and n % data == 0 else 0
-  if data <= 0 or fsdp <= 0 or data * fsdp != n:
-    raise ValueError(f"mesh data={data} x fsdp={fsdp} does not cover the {n} devices.")
+    fsdp = rest // data if data > 0 and rest % data == 0 else 0
+  if data <= 0 or fsdp <= 0 or seq <= 0 or data * fsdp * seq != n:
+    raise ValueError(f"mesh data={data} x fsdp={fsdp} x seq={seq} does not cover the {n} devices.")
   try:
     from jax.experimental import mesh_utils
-    grid = mesh_utils.create_device_mesh((data, fsdp), devices)
+    grid = mesh_utils.create_device_mesh((data, fsdp, seq), devices)
   except Exception:  # noqa: BLE001 - no topology information (CPU, some GPU hosts)
-    grid = np.asarray(devices).reshape(data, fsdp)
-  auto = (jax.sharding.AxisType.Auto,) * 2
+    grid = np.asarray(devices).reshape(data, fsdp, seq)
+  auto = (jax.sharding.AxisType.Auto,) * 3
   return Mesh(grid, AXES, axis_types=auto)
 
 
@@ -139,9 +150,12 @@ def constrain(tree, mesh: Mesh, rules: Sequence[Rule] = RULES):
 
 
 def batch_spec(ndim: int, leading: int = 0) -> P:
-  """Batch axis ``leading`` split over ``data x fsdp``; other axes whole."""
+  """Batch axis ``leading`` split over ``data x fsdp``, the positions after it over ``seq``;
+  other axes whole."""
   axes: list[Any] = [None] * ndim
   axes[leading] = BATCH
+  if ndim > leading + 1:
+    axes[leading + 1] = SEQ
   return P(*axes)
 
 
@@ -155,7 +169,8 @@ def batch_shards(mesh: Mesh) -> int:
 
 
 def constrain_batch(x, mesh: Mesh, leading: int = 0):
-  """Inside ``jit``: keeps axis ``leading`` of ``x`` split over ``data x fsdp``."""
+  """Inside ``jit``: keeps axis ``leading`` of ``x`` split over ``data x fsdp`` (and the
+  positions after it over ``seq``)."""
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, batch_spec(x.ndim, leading)))
 
 
@@ -164,3 +179,48 @@ def shard_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
   process order; a single process passes the whole batch)."""
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
           for k, v in local.items()}
+
+
+# ------------------------------------------------------------------ sequence parallelism
+
+
+def seq_shards(mesh: Mesh) -> int:
+  """Number of pieces the positions are split into."""
+  return mesh.shape[SEQ]
+
+
+def to_seq_layout(x, mesh: Mesh, balanced: bool):
+  """Positions (axis 1) in the order the ``seq`` shards hold them: zigzag when ``balanced``
+  (``ModelConfig.seq_balanced``), as they are otherwise. Per-token arrays that meet the
+  model's output (targets, weights) take the same order, so a loss needs no reordering."""
+  n = seq_shards(mesh)
+  if not balanced or n == 1:
+    return x
+  return jnp.take(x, seq_parallel.zigzag_order(x.shape[1], n), axis=1)
+
+
+def from_seq_layout(x, mesh: Mesh, balanced: bool):
+  """Inverse of ``to_seq_layout``: positions back in sequence order."""
+  n = seq_shards(mesh)
+  if not balanced or n == 1:
+    return x
+  return jnp.take(x, np.argsort(seq_parallel.zigzag_order(x.shape[1], n)), axis=1)
+
+
+def seq_sharded(fn: Callable, mesh: Mesh) -> Callable:
+  """``fn(params, tokens) -> (per_token, scalars)`` run per ``seq`` shard.
+
+  ``tokens [B, T]`` (in ``to_seq_layout`` order) reach ``fn`` as this shard's ``[B, T / n]``
+  and ``params`` whole along ``seq``; only ``seq`` is manual, so ``data`` / ``fsdp`` keep
+  sharding the batch and the parameters as outside, and the gradient of ``params`` is summed
+  over the shards by the ``shard_map`` transpose. ``per_token [B, T / n, ...]`` come back as
+  ``[B, T, ...]``; ``scalars`` (any pytree) are averaged over the shards. ``fn`` must build its
+  model with ``seq_axis=SEQ``.
+  """
+
+  def per_shard(params, tokens):
+    out, scalars = fn(params, tokens)
+    return out, jax.tree.map(lambda s: jax.lax.pmean(s, SEQ), scalars)
+
+  return jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(None, SEQ)), out_specs=(P(None, SEQ), P()),
+                       axis_names={SEQ})

@@ -61,8 +61,9 @@ def on_mesh(fn: Callable, mesh: Mesh) -> Callable:
   return run
 
 
-def check_train_section(tc, accum: int, shards: int) -> None:
-  """Raises ``ValueError`` on a non-positive count or a batch that does not divide."""
+def check_train_section(tc, accum: int, shards: int, seq_pieces: int = 1) -> None:
+  """Raises ``ValueError`` on a non-positive count or a batch or context that does not
+  divide (``seq_pieces``: pieces the positions are split into, ``seq_len`` must divide)."""
   for name in ("steps", "batch_size", "seq_len", "log_every", "checkpoint_every", "keep"):
     if int(tc[name]) < 1:
       raise ValueError(f"train.{name} must be >= 1, got {tc[name]}.")
@@ -71,6 +72,8 @@ def check_train_section(tc, accum: int, shards: int) -> None:
     raise ValueError(
         f"train.batch_size={batch} must be divisible by optim.accum_steps x batch shards "
         f"({accum} x {shards}, mesh data x fsdp) and by the {nproc} processes.")
+  if int(tc.seq_len) % seq_pieces:
+    raise ValueError(f"train.seq_len={tc.seq_len} must be divisible by {seq_pieces} (mesh seq, x 2 for zigzag).")
 
 
 def step_spec(config, devices=None) -> StepSpec:
@@ -81,8 +84,9 @@ def step_spec(config, devices=None) -> StepSpec:
   tc = config.train
   cfg = model_config(config.model)
   ocfg = optim.optim_config(config.optim, int(tc.steps))
-  mesh = sharding.make_mesh(tc.mesh.data, tc.mesh.fsdp, devices)
-  check_train_section(tc, ocfg.accum_steps, sharding.batch_shards(mesh))
+  mesh = sharding.make_mesh(tc.mesh.data, tc.mesh.fsdp, devices, seq=tc.mesh.seq)
+  pieces = sharding.seq_shards(mesh) * (2 if cfg.seq_balanced and sharding.seq_shards(mesh) > 1 else 1)
+  check_train_section(tc, ocfg.accum_steps, sharding.batch_shards(mesh), pieces)
   return StepSpec(cfg, ocfg, mesh, bool(tc.internal_metrics), bool(tc.fast_compile))
 
 

@@ -40,15 +40,29 @@ def layer_metrics(sown: Mapping[str, Any]) -> dict[str, jax.Array]:
   return out
 
 
+def forward(params, inputs, cfg, mesh: Mesh, internal_metrics: bool = False):
+  """The parallel forward: ``(logits, internals)``. With a ``seq`` mesh axis the positions
+  are split over it (``sharding.seq_sharded``); ``inputs`` and the returned logits are then
+  in ``sharding.to_seq_layout`` order."""
+
+  def apply(params, tokens, cfg=cfg):
+    if not internal_metrics:
+      return GPT(cfg).apply(params, tokens), {}
+    logits, sown = GPT(cfg).apply(params, tokens, mutable=["metrics"])
+    return logits, layer_metrics(sown.get("metrics", {}))
+
+  if sharding.seq_shards(mesh) == 1:
+    return apply(params, inputs)
+  return sharding.seq_sharded(functools.partial(apply, cfg=cfg.replace(seq_axis=sharding.SEQ)), mesh)(params, inputs)
+
+
 def _loss(params, inputs, targets, weights, total_weight, *, spec: StepSpec):
   """Weighted token-mean cross entropy: ``sum(w * ce) / total_weight`` (the total over the
-  whole batch, so micro-batch losses add up to the full-batch loss)."""
-  model = GPT(spec.model)
-  if spec.internal_metrics:
-    logits, sown = model.apply(params, inputs, mutable=["metrics"])
-    internals = layer_metrics(sown.get("metrics", {}))
-  else:
-    logits, internals = model.apply(params, inputs), {}
+  whole batch, so micro-batch losses add up to the full-batch loss). Inputs, targets and
+  weights are reordered alike for a balanced ``seq`` split, which leaves the sum unchanged."""
+  inputs, targets, weights = (sharding.to_seq_layout(x, spec.mesh, spec.model.seq_balanced)
+                              for x in (inputs, targets, weights))
+  logits, internals = forward(params, inputs, spec.model, spec.mesh, spec.internal_metrics)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(f32), targets)
   return jnp.sum(ce * weights) / total_weight, internals
 
@@ -128,9 +142,11 @@ def lower_train_step(spec: StepSpec, state: TrainState, batch: Mapping[str, Any]
 
 def _eval_step(params, batch: Mapping[str, jax.Array], spec: StepSpec):
   """``(sum of w * ce, sum of w)`` of one batch with the parallel (training) forward."""
-  logits = GPT(spec.model).apply(params, batch["inputs"])
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(f32), batch["targets"])
-  w = batch["weights"].astype(f32)
+  inputs, targets, w = (sharding.to_seq_layout(batch[k], spec.mesh, spec.model.seq_balanced)
+                        for k in ("inputs", "targets", "weights"))
+  logits, _ = forward(params, inputs, spec.model, spec.mesh)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(f32), targets)
+  w = w.astype(f32)
   return jnp.sum(ce * w), jnp.sum(w)
 
 

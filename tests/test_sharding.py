@@ -18,13 +18,17 @@ from tensorcache.config import ModelConfig
 
 def test_mesh_from_config_on_one_or_many_devices():
   assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
-  assert dict(sharding.make_mesh(-1, 1).shape) == {"data": 8, "fsdp": 1}
-  assert dict(sharding.make_mesh(2, -1).shape) == {"data": 2, "fsdp": 4}
-  assert dict(sharding.make_mesh(2, 4).shape) == {"data": 2, "fsdp": 4}
-  assert dict(single_device_mesh().shape) == {"data": 1, "fsdp": 1}
+  assert dict(sharding.make_mesh(-1, 1).shape) == {"data": 8, "fsdp": 1, "seq": 1}
+  assert dict(sharding.make_mesh(2, -1).shape) == {"data": 2, "fsdp": 4, "seq": 1}
+  assert dict(sharding.make_mesh(2, 4).shape) == {"data": 2, "fsdp": 4, "seq": 1}
+  assert dict(sharding.make_mesh(-1, 1, seq=4).shape) == {"data": 2, "fsdp": 1, "seq": 4}
+  assert dict(sharding.make_mesh(2, -1, seq=2).shape) == {"data": 2, "fsdp": 2, "seq": 2}
+  assert dict(single_device_mesh().shape) == {"data": 1, "fsdp": 1, "seq": 1}
   assert all(t == jax.sharding.AxisType.Auto for t in sharding.make_mesh(2, 4).axis_types)
   with pytest.raises(ValueError, match="does not cover"):
     sharding.make_mesh(3, 1)
+  with pytest.raises(ValueError, match="does not cover"):
+    sharding.make_mesh(-1, 1, seq=3)
   with pytest.raises(ValueError, match="At most one"):
     sharding.make_mesh(-1, -1)
 
