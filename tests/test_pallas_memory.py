@@ -97,7 +97,7 @@ def test_bf16_inputs():
 
 
 def test_result_does_not_depend_on_block():
-  args, _ = _inputs(3, 1, 70, 2, 32)
+  args, _ = _inputs(3, 1, 45, 2, 32)
   outs = [ops.memory_scan(*args, rule="delta", block=c, backend="gpu", interpret=True) for c in (16, 32)]
   for a, b in zip(*outs):
     assert rel_err(a, b) < FWD_TOL
@@ -111,19 +111,12 @@ def test_unknown_rule_raises():
 
 def test_dispatch_pallas_equals_xla():
   """``Impl.PALLAS`` through ``dispatch.l2_scan`` (interpret mode on CPU) equals ``Impl.XLA``
-  on raw bf16 inputs, keys normalised inside, gradients included."""
-  (q, k, v, g, eta, A, z), cot = _inputs(5, 2, 37, 2, 32, jnp.bfloat16)
-
-  def run(impl):
-    def loss(q, k, v, g, eta):
-      r, qz, _, _ = dispatch.l2_scan(q, k, v, g, eta, A, z, rule="delta", chunk=8, impl=impl)
-      return jnp.sum(r * cot) + jnp.sum(qz * cot[..., 0])
-    return jax.value_and_grad(loss, argnums=range(5))(q, k, v, g, eta)
-
-  (lp, gp), (lx, gx) = run(dispatch.Impl.PALLAS), run(dispatch.Impl.XLA)
-  np.testing.assert_allclose(lp, lx, rtol=1e-5)
-  for a, b in zip(gp, gx):
-    assert rel_err(a, b) < GRAD_TOL[jnp.bfloat16]
+  on raw bf16 inputs, keys normalised inside (the op's gradients are tested above)."""
+  (q, k, v, g, eta, A, z), _ = _inputs(5, 2, 21, 2, 32, jnp.bfloat16)
+  got, want = (dispatch.l2_scan(q, k, v, g, eta, A, z, rule="delta", chunk=8, impl=impl)
+               for impl in (dispatch.Impl.PALLAS, dispatch.Impl.XLA))
+  for a, b in zip(got, want):
+    assert rel_err(a, b) < FWD_TOL
 
 
 @pytest.mark.parametrize("rule", ["delta", "wedge"])

@@ -22,6 +22,8 @@ own frame, so every power ``exp(G_i - G_j)`` has a non-positive exponent):
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -30,13 +32,21 @@ f32 = jnp.float32
 RULES = ("outer", "delta", "wedge")
 
 
-def dot(a, b, ta: bool = False, tb: bool = False):
-  """``a @ b`` (``a.T`` / ``b.T`` if asked) in float32 at full precision."""
+PRECISIONS = {
+    # float32 products (IEEE on GPU: no tensor cores; multi-pass on TPU)
+    "highest": lax.Precision.HIGHEST,
+    # three TF32 passes on GPU tensor cores (about float32 accuracy; GPU compiles only)
+    "tf32x3": lax.DotAlgorithmPreset.TF32_TF32_F32_X3,
+}
+
+
+def _dot(a, b, ta: bool = False, tb: bool = False, precision: str = "highest"):
+  """``a @ b`` (``a.T`` / ``b.T`` if asked) with float32 accumulation."""
   dims = (((0 if ta else 1,), (1 if tb else 0,)), ((), ()))
-  return lax.dot_general(a, b, dims, precision=lax.Precision.HIGHEST, preferred_element_type=f32)
+  return lax.dot_general(a, b, dims, precision=PRECISIONS[precision], preferred_element_type=f32)
 
 
-def unit_lower_inverse(M_CC):
+def unit_lower_inverse(M_CC, precision: str = "highest"):
   """``(I + M)^-1`` for strictly lower-triangular ``M``: ``sum_n (-M)^n`` as the product
   ``(I - M)(I + M^2)(I + M^4)...`` (``M^C = 0``)."""
   C = M_CC.shape[0]
@@ -46,13 +56,13 @@ def unit_lower_inverse(M_CC):
   inv = eye + power
   span = 2
   while span < C:
-    power = dot(power, power)
-    inv = inv + dot(inv, power)
+    power = _dot(power, power, precision=precision)
+    inv = inv + _dot(inv, power, precision=precision)
     span *= 2
   return inv
 
 
-def chunk_step(q, k, v, g_1C, eta_11, S_DD, z_1D, *, rule: str, read_first: bool):
+def chunk_step(q, k, v, g_1C, eta_11, S_DD, z_1D, *, rule: str, read_first: bool, precision: str = "highest"):
   """Reads of one chunk and the state after it: ``(r [C,D], qz [C,1], S [D,D], z [1,D])``."""
   C = q.shape[0]
   row = lax.broadcasted_iota(jnp.int32, (C, C), 0)
@@ -68,6 +78,7 @@ def chunk_step(q, k, v, g_1C, eta_11, S_DD, z_1D, *, rule: str, read_first: bool
   def decay(rows_C1, mask):  # exp(rows_i - G_j) on the mask, 0 elsewhere
     return jnp.where(mask, jnp.exp(jnp.where(mask, rows_C1 - G_1C, 0.0)), 0.0)
 
+  dot = functools.partial(_dot, precision=precision)
   read_decay = decay(G_read, causal)
   w_last = jnp.exp(G_last - G_C1)  # [C, 1]
   lam_C = jnp.exp(G_last)
@@ -76,7 +87,7 @@ def chunk_step(q, k, v, g_1C, eta_11, S_DD, z_1D, *, rule: str, read_first: bool
   r = dot(q_read, S_DD)
   if rule == "delta":
     M = dot(k, k, tb=True) * decay(G_prev, col < row) * eta_11
-    Tinv = unit_lower_inverse(M)
+    Tinv = unit_lower_inverse(M, precision)
     W = dot(Tinv, eta_11 * (v - dot(jnp.exp(G_prev) * k, S_DD)))  # the written vectors w_i
     r = r + dot(qk, W)
     S_new = lam_C * S_DD + dot(k * w_last, W, ta=True)
@@ -92,10 +103,11 @@ def chunk_step(q, k, v, g_1C, eta_11, S_DD, z_1D, *, rule: str, read_first: bool
   return r, qz, S_new, z_new
 
 
-def chunk_vjp(q, k, v, g_1C, eta_11, S_DD, z_1D, cotangents, *, rule: str, read_first: bool):
+def chunk_vjp(q, k, v, g_1C, eta_11, S_DD, z_1D, cotangents, *, rule: str, read_first: bool,
+              precision: str = "highest"):
   """Cotangents of ``chunk_step``'s inputs from those of its outputs (``(dr, dqz, dS, dz)``)."""
   def f(*xs):
-    return chunk_step(*xs, rule=rule, read_first=read_first)
+    return chunk_step(*xs, rule=rule, read_first=read_first, precision=precision)
 
   _, pullback = jax.vjp(f, q, k, v, g_1C, eta_11, S_DD, z_1D)
   return pullback(cotangents)

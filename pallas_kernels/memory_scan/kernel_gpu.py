@@ -45,17 +45,18 @@ def _head_specs(N, C):
 
 
 def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A0_ref, z0_ref,
-                r_ref, qz_ref, A_ref, z_ref, Ss_ref, zs_ref, *, rule, read_first, C, N):
+                r_ref, qz_ref, A_ref, z_ref, *saved_refs, rule, read_first, precision, C, N):
   eta = eta_ref[...]
 
   def body(n, carry):
     S, z = carry
     t = pl.ds(pl.multiple_of(n * C, C), C)
-    Ss_ref[n] = S
-    zs_ref[n] = z
+    if saved_refs:  # the state entering the chunk, for the backward pass
+      saved_refs[0][n] = S
+      saved_refs[1][n] = z
     r, qz, S, z = chunk.chunk_step(
         q_ref[t, :].astype(f32), k_ref[t, :].astype(f32), v_ref[t, :].astype(f32), g_ref[n], eta, S, z,
-        rule=rule, read_first=read_first)
+        rule=rule, read_first=read_first, precision=precision)
     r_ref[t, :] = r.astype(r_ref.dtype)
     qz_ref[t, :] = qz
     return S, z
@@ -66,7 +67,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A0_ref, z0_ref,
 
 
 def _bwd_kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, Ss_ref, zs_ref, dr_ref, dqz_ref, dA_ref, dz_ref,
-                dq_ref, dk_ref, dv_ref, dg_ref, deta_ref, dA0_ref, dz0_ref, *, rule, read_first, C, N):
+                dq_ref, dk_ref, dv_ref, dg_ref, deta_ref, dA0_ref, dz0_ref, *, rule, read_first, precision, C, N):
   eta = eta_ref[...]
 
   def body(i, carry):
@@ -76,7 +77,7 @@ def _bwd_kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, Ss_ref, zs_ref, dr_ref, dqz
     grads = chunk.chunk_vjp(
         q_ref[t, :].astype(f32), k_ref[t, :].astype(f32), v_ref[t, :].astype(f32), g_ref[n], eta,
         Ss_ref[n], zs_ref[n], (dr_ref[t, :].astype(f32), dqz_ref[t, :], dS, dz),
-        rule=rule, read_first=read_first)
+        rule=rule, read_first=read_first, precision=precision)
     dq, dk, dv, dg, deta_c, dS, dz = grads
     dq_ref[t, :] = dq.astype(dq_ref.dtype)
     dk_ref[t, :] = dk.astype(dk_ref.dtype)
@@ -91,31 +92,34 @@ def _bwd_kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, Ss_ref, zs_ref, dr_ref, dqz
   deta_ref[...] = deta
 
 
-def forward(q, k, v, g, eta, A0, z0, *, rule, read_first, interpret=False):
-  """``(r [B,T,H,D], qz [B,T,H,1], A, z, S_in [B,H,N,D,D], z_in [B,H,N,1,D])``, float32."""
+def forward(q, k, v, g, eta, A0, z0, *, rule, read_first, precision="highest", save=True, interpret=False):
+  """``(r [B,T,H,D], qz [B,T,H,1], A, z)`` and with ``save`` the states entering each chunk
+  ``S_in [B,H,N,D,D]``, ``z_in [B,H,N,1,D]``; all float32."""
   B, T, H, D = q.shape
   N, C = g.shape[1], g.shape[3]
   stream = _stream_spec(T, D)
-  kernel = functools.partial(_fwd_kernel, rule=rule, read_first=read_first, C=C, N=N)
+  kernel = functools.partial(_fwd_kernel, rule=rule, read_first=read_first, precision=precision, C=C, N=N)
   out_shape = (jax.ShapeDtypeStruct((B, T, H, D), f32), jax.ShapeDtypeStruct((B, T, H, 1), f32),
-               jax.ShapeDtypeStruct((B, H, D, D), f32), jax.ShapeDtypeStruct((B, H, 1, D), f32),
-               jax.ShapeDtypeStruct((B, H, N, D, D), f32), jax.ShapeDtypeStruct((B, H, N, 1, D), f32))
+               jax.ShapeDtypeStruct((B, H, D, D), f32), jax.ShapeDtypeStruct((B, H, 1, D), f32))
+  out_specs = [stream, _stream_spec(T, 1), _state_spec(D, D), _state_spec(1, D)]
+  if save:
+    out_shape += (jax.ShapeDtypeStruct((B, H, N, D, D), f32), jax.ShapeDtypeStruct((B, H, N, 1, D), f32))
+    out_specs += [_state_spec(N, D, D), _state_spec(N, 1, D)]
   return pl.pallas_call(
       kernel, grid=(B, H), out_shape=out_shape,
       in_specs=[stream, stream, stream, *_head_specs(N, C), _state_spec(D, D), _state_spec(1, D)],
-      out_specs=[stream, _stream_spec(T, 1), _state_spec(D, D), _state_spec(1, D),
-                 _state_spec(N, D, D), _state_spec(N, 1, D)],
+      out_specs=out_specs,
       interpret=interpret, compiler_params=None if interpret else _compiler_params(D),
   )(q, k, v, g, eta, A0, z0)
 
 
-def backward(q, k, v, g, eta, S_in, z_in, dr, dqz, dA, dz, *, rule, read_first, interpret=False):
+def backward(q, k, v, g, eta, S_in, z_in, dr, dqz, dA, dz, *, rule, read_first, precision="highest", interpret=False):
   """``(dq, dk, dv)`` in the inputs' dtypes, ``dg [B,H,N,1,C]``, ``deta [B,H,1,1]``, ``dA0``,
   ``dz0``: per batch row (the caller sums ``dg`` and ``deta`` over ``B``)."""
   B, T, H, D = q.shape
   N, C = g.shape[1], g.shape[3]
   stream = _stream_spec(T, D)
-  kernel = functools.partial(_bwd_kernel, rule=rule, read_first=read_first, C=C, N=N)
+  kernel = functools.partial(_bwd_kernel, rule=rule, read_first=read_first, precision=precision, C=C, N=N)
   out_shape = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype),
                jax.ShapeDtypeStruct(v.shape, v.dtype), jax.ShapeDtypeStruct((B, H, N, 1, C), f32),
                jax.ShapeDtypeStruct((B, H, 1, 1), f32), jax.ShapeDtypeStruct((B, H, D, D), f32),

@@ -46,8 +46,9 @@ def _heads_major(x):
   return x.transpose(0, 2, 1, 3)
 
 
-def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A0_ref, z0_ref, r_ref, qz_ref, A_ref, z_ref, Ss_ref, zs_ref,
-                S_scr, z_scr, *, rule, read_first, N):
+def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A0_ref, z0_ref, r_ref, qz_ref, A_ref, z_ref, *refs,
+                rule, read_first, precision, N):
+  *saved_refs, S_scr, z_scr = refs
   n = pl.program_id(2)
 
   @pl.when(n == 0)
@@ -56,10 +57,11 @@ def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A0_ref, z0_ref, r_ref, qz_r
     z_scr[...] = z0_ref[...].astype(f32)
 
   S, z = S_scr[...], z_scr[...]
-  Ss_ref[...] = S
-  zs_ref[...] = z
+  if saved_refs:  # the state entering the chunk, for the backward pass
+    saved_refs[0][...] = S
+    saved_refs[1][...] = z
   r, qz, S, z = chunk.chunk_step(q_ref[...].astype(f32), k_ref[...].astype(f32), v_ref[...].astype(f32),
-                                 g_ref[...], eta_ref[...], S, z, rule=rule, read_first=read_first)
+                                 g_ref[...], eta_ref[...], S, z, rule=rule, read_first=read_first, precision=precision)
   r_ref[...] = r
   qz_ref[...] = qz
   S_scr[...] = S
@@ -73,7 +75,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A0_ref, z0_ref, r_ref, qz_r
 
 def _bwd_kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, Ss_ref, zs_ref, dr_ref, dqz_ref, dA_ref, dz_ref,
                 dq_ref, dk_ref, dv_ref, dg_ref, deta_ref, dA0_ref, dz0_ref, dS_scr, dz_scr, deta_scr,
-                *, rule, read_first, N):
+                *, rule, read_first, precision, N):
   i = pl.program_id(2)
 
   @pl.when(i == 0)
@@ -85,7 +87,7 @@ def _bwd_kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, Ss_ref, zs_ref, dr_ref, dqz
   grads = chunk.chunk_vjp(
       q_ref[...].astype(f32), k_ref[...].astype(f32), v_ref[...].astype(f32), g_ref[...], eta_ref[...],
       Ss_ref[...], zs_ref[...], (dr_ref[...], dqz_ref[...], dS_scr[...], dz_scr[...]),
-      rule=rule, read_first=read_first)
+      rule=rule, read_first=read_first, precision=precision)
   dq, dk, dv, dg, deta, dS, dz = grads
   dq_ref[...] = dq.astype(dq_ref.dtype)
   dk_ref[...] = dk.astype(dk_ref.dtype)
@@ -102,26 +104,29 @@ def _bwd_kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, Ss_ref, zs_ref, dr_ref, dqz
     deta_ref[...] = deta_scr[...]
 
 
-def forward(q, k, v, g, eta, A0, z0, *, rule, read_first, interpret=False):
+def forward(q, k, v, g, eta, A0, z0, *, rule, read_first, precision="highest", save=True, interpret=False):
   """As ``kernel_gpu.forward``."""
   B, T, H, D = q.shape
   N, C = g.shape[1], g.shape[3]
   stream, column, g_spec, eta_spec, saved, state = _specs(N, C, D, reverse=False)
   out_shape = (jax.ShapeDtypeStruct((B, H, T, D), f32), jax.ShapeDtypeStruct((B, H, T, 1), f32),
-               jax.ShapeDtypeStruct((B, H, D, D), f32), jax.ShapeDtypeStruct((B, H, 1, D), f32),
-               jax.ShapeDtypeStruct((B, H, N, D, D), f32), jax.ShapeDtypeStruct((B, H, N, 1, D), f32))
-  r, qz, A, z, S_in, z_in = pl.pallas_call(
-      functools.partial(_fwd_kernel, rule=rule, read_first=read_first, N=N),
+               jax.ShapeDtypeStruct((B, H, D, D), f32), jax.ShapeDtypeStruct((B, H, 1, D), f32))
+  out_specs = [stream, column, state[0], state[1]]
+  if save:
+    out_shape += (jax.ShapeDtypeStruct((B, H, N, D, D), f32), jax.ShapeDtypeStruct((B, H, N, 1, D), f32))
+    out_specs += saved
+  r, qz, A, z, *saved_states = pl.pallas_call(
+      functools.partial(_fwd_kernel, rule=rule, read_first=read_first, precision=precision, N=N),
       grid=(B, H, N), out_shape=out_shape,
       in_specs=[stream, stream, stream, g_spec, eta_spec, state[0], state[1]],
-      out_specs=[stream, column, state[0], state[1], saved[0], saved[1]],
+      out_specs=out_specs,
       scratch_shapes=[pltpu.VMEM((D, D), f32), pltpu.VMEM((1, D), f32)],
       compiler_params=_params(), interpret=interpret,
   )(_heads_major(q), _heads_major(k), _heads_major(v), g, eta, A0, z0)
-  return _heads_major(r), _heads_major(qz), A, z, S_in, z_in
+  return (_heads_major(r), _heads_major(qz), A, z, *saved_states)
 
 
-def backward(q, k, v, g, eta, S_in, z_in, dr, dqz, dA, dz, *, rule, read_first, interpret=False):
+def backward(q, k, v, g, eta, S_in, z_in, dr, dqz, dA, dz, *, rule, read_first, precision="highest", interpret=False):
   """As ``kernel_gpu.backward``."""
   B, T, H, D = q.shape
   N, C = g.shape[1], g.shape[3]
@@ -132,7 +137,7 @@ def backward(q, k, v, g, eta, S_in, z_in, dr, dqz, dA, dz, *, rule, read_first, 
                jax.ShapeDtypeStruct((B, H, 1, 1), f32), jax.ShapeDtypeStruct((B, H, D, D), f32),
                jax.ShapeDtypeStruct((B, H, 1, D), f32))
   dq, dk, dv, dg, deta, dA0, dz0 = pl.pallas_call(
-      functools.partial(_bwd_kernel, rule=rule, read_first=read_first, N=N),
+      functools.partial(_bwd_kernel, rule=rule, read_first=read_first, precision=precision, N=N),
       grid=(B, H, N), out_shape=out_shape,
       in_specs=[stream, stream, stream, g_spec, eta_spec, saved[0], saved[1], stream, column, state[0], state[1]],
       out_specs=[stream, stream, stream, dg_spec, state[2], state[0], state[1]],

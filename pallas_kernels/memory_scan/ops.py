@@ -25,13 +25,13 @@ KERNELS = {"gpu": kernel_gpu, "tpu": kernel_tpu}
 
 
 @functools.lru_cache(maxsize=None)
-def _op(rule: str, read_first: bool, backend: str, interpret: bool):
+def _op(rule: str, read_first: bool, precision: str, backend: str, interpret: bool):
   kernel = KERNELS[backend]
-  statics = dict(rule=rule, read_first=read_first, interpret=interpret)
+  statics = dict(rule=rule, read_first=read_first, precision=precision, interpret=interpret)
 
   @jax.custom_vjp
   def scan(q, k, v, g, eta, A0, z0):
-    return kernel.forward(q, k, v, g, eta, A0, z0, **statics)[:4]
+    return kernel.forward(q, k, v, g, eta, A0, z0, save=False, **statics)
 
   def fwd(q, k, v, g, eta, A0, z0):
     r, qz, A, z, S_in, z_in = kernel.forward(q, k, v, g, eta, A0, z0, **statics)
@@ -48,9 +48,10 @@ def _op(rule: str, read_first: bool, backend: str, interpret: bool):
 
 
 def memory_scan(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, z_BHD=None, *, rule: str, read_first: bool = False,
-                block: int = 64, backend: str = "gpu", interpret: bool = False):
+                block: int = 64, precision: str = "highest", backend: str = "gpu", interpret: bool = False):
   """The exact memory scan by the ``backend`` kernel (``gpu``: Triton lowering, ``tpu``:
-  Mosaic); ``interpret`` runs it in Pallas interpret mode (any platform)."""
+  Mosaic); ``interpret`` runs it in Pallas interpret mode (any platform). ``precision`` names
+  the kernel's matrix products (``chunk.PRECISIONS``; ``tf32x3`` compiles on GPU only)."""
   if rule not in chunk.RULES:
     raise ValueError(f"Unknown memory write rule {rule!r}; choose one of {chunk.RULES}.")
   B, T, H, D = q_BTHD.shape
@@ -62,6 +63,6 @@ def memory_scan(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, z_BHD=None, *, rule
   use_z = z_BHD is not None
   z0 = (z_BHD.astype(f32) if use_z else jnp.zeros((B, H, D), f32))[:, :, None, :]
   eta = eta_H.astype(f32).reshape(H, 1, 1)
-  r, qz, A, z = _op(rule, bool(read_first), backend, bool(interpret))(q, k, v, g, eta, A_BHDD.astype(f32), z0)
+  r, qz, A, z = _op(rule, bool(read_first), precision, backend, bool(interpret))(q, k, v, g, eta, A_BHDD.astype(f32), z0)
   r, qz = r[:, :T], qz[:, :T, :, 0]
   return r, (qz if use_z else None), A, (z[:, :, 0] if use_z else None)
