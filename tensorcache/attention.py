@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from tensorcache.blocks import from_blocks, to_blocks
 from tensorcache.shapes import NEG_INF
 
 
@@ -114,8 +115,8 @@ def chunked_window_attention(
   k_pad, v_pad = pad(k_BTHD, front), pad(v_BTHD, front)
   k_pos_pad = jnp.arange(-front, nb * Q) if window is not None else jnp.arange(nb * Q)
   k_pos_pad = jnp.where(k_pos_pad < T, k_pos_pad, -1)  # padded tail keys are invalid
-  q_blocks = pad(q_BTHD, 0).reshape(B, nb, Q, H, D).swapaxes(0, 1)
-  qs_blocks = None if q_sink_BTHD is None else pad(q_sink_BTHD, 0).reshape(B, nb, Q, H, D).swapaxes(0, 1)
+  q_blocks = to_blocks(q_BTHD, Q)
+  qs_blocks = None if q_sink_BTHD is None else to_blocks(q_sink_BTHD, Q)
   num_sinks = min(num_sinks, T)  # a sequence shorter than the sinks holds only T of them
   sink_pos = jnp.arange(num_sinks)
   k_sink, v_sink = k_BTHD[:, :num_sinks], v_BTHD[:, :num_sinks]
@@ -141,7 +142,7 @@ def chunked_window_attention(
 
   xs = (jnp.arange(nb), q_blocks, qs_blocks)
   _, out = jax.lax.scan(body, None, xs)
-  return out.swapaxes(0, 1).reshape(B, nb * Q, H, D)[:, :T]
+  return from_blocks(out, T)
 
 
 def _stream_block(q_BPHD, q_sink_BPHD, k_BHSD, q_pos_P, k_pos_S, window, num_sinks):

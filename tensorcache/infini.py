@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from tensorcache.blocks import from_blocks, to_blocks
 from tensorcache.cache import InfiniState
 from tensorcache.shapes import INFINI_EPS
 
@@ -47,15 +48,9 @@ def write_terms(phi_k_BSHD, v_BSHD, M_BHDD, z_BHD, rule: str):
 
 def segment_scan(q_BTHD, k_BTHD, v_BTHD, rule: str, segment: int, state: InfiniState):
   """Parallel (training) form: ``lax.scan`` over segments. Returns reads and the new state."""
-  B, T, H, D = q_BTHD.shape
+  T = q_BTHD.shape[1]
   S = min(segment, T)
-  n = -(-T // S)
-  pad = n * S - T
-
-  def split(x):
-    return jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(B, n, S, H, D).swapaxes(0, 1)
-
-  valid = jnp.pad(jnp.ones((T,), f32), (0, pad)).reshape(n, S)
+  valid = to_blocks(jnp.ones((T,), f32), S, axis=0)
 
   def body(carry, xs):
     M, z = carry
@@ -64,8 +59,9 @@ def segment_scan(q_BTHD, k_BTHD, v_BTHD, rule: str, segment: int, state: InfiniS
     dM, dz = write_terms(feature_map(k) * ok[None, :, None, None], v, M, z, rule)
     return (M + dM, z + dz), r
 
-  (M, z), r = jax.lax.scan(body, (state.M, state.z), (split(q_BTHD), split(k_BTHD), split(v_BTHD), valid))
-  r = r.swapaxes(0, 1).reshape(B, n * S, H, D)[:, :T]
+  xs = tuple(to_blocks(x, S) for x in (q_BTHD, k_BTHD, v_BTHD)) + (valid,)
+  (M, z), r = jax.lax.scan(body, (state.M, state.z), xs)
+  r = from_blocks(r, T)
   return r, InfiniState(M, z, state.M_pend, state.z_pend)
 
 

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from tensorcache.blocks import from_blocks, to_blocks
 from tensorcache.shapes import KEY_NORM_EPS
 
 RULES = ("outer", "delta", "wedge")
@@ -54,6 +55,23 @@ def _mm(spec: str, *xs) -> Array:
 def check_rule(rule: str) -> None:
   if rule not in RULES:
     raise ValueError(f"Unknown memory write rule {rule!r}; choose one of {RULES}.")
+
+
+def write_pairs(k, v, rule: str, read=None) -> list[tuple[Array, Array]]:
+  """The one place the write rules differ: the ``(key, value)`` pairs a write adds as
+  ``sum key (x) value``. outer: ``[(k, v)]``; wedge: ``[(k, v), (v, -k)]``; delta:
+  ``[(k, v - read(k))]``, the value's error against the current state (``read(k) = k A``;
+  the chunked scan, which solves the delta rule's dependence within a chunk, never calls
+  this for delta)."""
+  check_rule(rule)
+  if rule == "delta":
+    return [(k, v - read(k))]
+  return [(k, v)] + ([(v, -k)] if rule == "wedge" else [])
+
+
+def _outer_sum(pairs) -> Array:
+  """``sum key (x) value`` of ``[..., D]`` pairs: ``[..., D, D]``."""
+  return sum(a[..., :, None] * b[..., None, :] for a, b in pairs)
 
 
 def normalize_key(k: Float[Array, "... D"]) -> Float[Array, "... D"]:
@@ -93,10 +111,6 @@ def unshift_reads(r_BTHD: Float[Array, "B T H D"], shift: int) -> Float[Array, "
   return jnp.pad(r_BTHD[:, : max(T - shift, 0)], ((0, 0), (min(shift, T), 0), (0, 0), (0, 0)))
 
 
-def _pad_time(x, n):
-  return jnp.pad(x, ((0, 0), (0, n)) + ((0, 0),) * (x.ndim - 2)) if n else x
-
-
 # ------------------------------------------------------------------ oracle
 
 
@@ -113,13 +127,7 @@ def memory_recurrence(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, rule: str, re
     A, z = carry
     q, k, v, g = xs  # [B,H,D] x3, [H]
     lam = jnp.exp(g)[None, :, None, None]
-    if rule == "outer":
-      upd = k[..., :, None] * v[..., None, :]
-    elif rule == "wedge":
-      upd = k[..., :, None] * v[..., None, :] - v[..., :, None] * k[..., None, :]
-    else:
-      err = v - _mm("bhd,bhde->bhe", k, A)
-      upd = k[..., :, None] * err[..., None, :]
+    upd = _outer_sum(write_pairs(k, v, rule, lambda x: _mm("bhd,bhde->bhe", x, A)))
     A_new = lam * A + eta * upd
     z_new = lam[..., 0] * z + eta[..., 0] * k
     r = _mm("bhd,bhde->bhe", q, A if read_first else A_new)
@@ -136,20 +144,15 @@ def memory_recurrence(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, rule: str, re
 
 
 def _to_chunks(x_BTHF, C: int) -> Float[Array, "B H N C F"]:
-  B, T, H, F = x_BTHF.shape
-  n = -(-T // C)
-  return _pad_time(x_BTHF.astype(f32), n * C - T).reshape(B, n, C, H, F).transpose(0, 3, 1, 2, 4)
+  return to_blocks(x_BTHF.astype(f32), C).transpose(1, 3, 0, 2, 4)
 
 
 def _from_chunks(x_BHNCF, T: int) -> Float[Array, "B T H F"]:
-  B, H, n, C, F = x_BHNCF.shape
-  return x_BHNCF.transpose(0, 2, 3, 1, 4).reshape(B, n * C, H, F)[:, :T]
+  return from_blocks(x_BHNCF.transpose(2, 0, 3, 1, 4), T)
 
 
 def _chunk_log_decay(g_TH, C: int) -> Float[Array, "H N C"]:
-  T, H = g_TH.shape
-  n = -(-T // C)
-  return jnp.pad(g_TH.astype(f32), ((0, n * C - T), (0, 0))).reshape(n, C, H).transpose(2, 0, 1)
+  return to_blocks(g_TH.astype(f32), C, axis=0).transpose(2, 0, 1)
 
 
 def _masked_decay(G_row, G_col, strict: bool) -> Float[Array, "H N C C"]:
@@ -274,7 +277,7 @@ def memory_scan(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, rule: str, chunk: i
     return _from_chunks(r, T), qz, A, z
   # outer: one pair (k, v); wedge: (k, v) and (v, -k). The normaliser is one more value
   # column (1 for the key k, 0 for the key v) of the same scan.
-  pairs = [(k, v)] + ([(v, -k)] if rule == "wedge" else [])
+  pairs = write_pairs(k, v, rule)
   S0 = A_BHDD
   if use_z:
     pairs = [(kp, jnp.concatenate([vp, jnp.full_like(vp[..., :1], float(i == 0))], -1))
@@ -306,11 +309,9 @@ def chunk_start_scan(
   check_rule(rule)
   B, T, H, D = q_BTHD.shape
   C = max(1, min(chunk, T))
-  n = -(-T // C)
-  pad = n * C - T
-  q, k, v = (_pad_time(x.astype(f32), pad).reshape(B, n, C, H, D).swapaxes(0, 1) for x in (q_BTHD, k_BTHD, v_BTHD))
-  g = jnp.pad(log_decay(log_lam_H, valid_T), ((0, pad), (0, 0))).reshape(n, C, H)
-  valid = jnp.pad(valid_T, (0, pad)).reshape(n, C, 1)
+  q, k, v = (to_blocks(x.astype(f32), C) for x in (q_BTHD, k_BTHD, v_BTHD))
+  g = to_blocks(log_decay(log_lam_H, valid_T), C, axis=0)
+  valid = to_blocks(valid_T, C, axis=0)[..., None]
   eta = eta_H.astype(f32)[None, :, None, None]
   use_z = z_BHD is not None
   z0 = z_BHD.astype(f32) if use_z else jnp.zeros((B, H, D), f32)
@@ -325,27 +326,19 @@ def chunk_start_scan(
       kbar = (kc * wm[None, :, :, None]).sum(1)  # [B,H,D]
       vbar = (vc * wm[None, :, :, None]).sum(1)
       lam = jnp.exp(jnp.where(vm.any(), log_lam_H.astype(f32), 0.0))[None, :, None, None]
-      if rule == "delta":
-        vbar = vbar - _mm("bhd,bhde->bhe", kbar, A)
-      upd = kbar[..., :, None] * vbar[..., None, :]
-      if rule == "wedge":
-        upd = upd - vbar[..., :, None] * kbar[..., None, :]
+      upd = _outer_sum(write_pairs(kbar, vbar, rule, lambda x: _mm("bhd,bhde->bhe", x, A)))
       A = lam * A + eta * upd
       z = lam[..., 0] * z + eta[..., 0] * kbar
     else:
       G = jnp.cumsum(gc, axis=0)
       w = (jnp.exp(G[-1][None, :] - G) * vm)[None, :, :, None]  # [1,C,H,1]; empty steps write 0
-      if rule == "delta":
-        vc = vc - _mm("bjhd,bhde->bjhe", kc, A)
-      upd = _mm("bjhd,bjhe->bhde", kc * w, vc)
-      if rule == "wedge":
-        upd = upd - _mm("bjhd,bjhe->bhde", vc * w, kc)
+      pairs = write_pairs(kc, vc, rule, lambda x: _mm("bjhd,bhde->bjhe", x, A))
+      upd = sum(_mm("bjhd,bjhe->bhde", a * w, b) for a, b in pairs)
       lam = jnp.exp(G[-1])[None, :, None, None]
       A = lam * A + eta * upd
       z = lam[..., 0] * z + eta[..., 0] * (kc * w).sum(1)
     return (A, z), (r, qz)
 
   (A, z), (r, qz) = jax.lax.scan(body, (A_BHDD.astype(f32), z0), (q, k, v, g, valid))
-  r = r.swapaxes(0, 1).reshape(B, n * C, H, D)[:, :T]
-  qz = qz.swapaxes(0, 1).reshape(B, n * C, H)[:, :T]
+  r, qz = from_blocks(r, T), from_blocks(qz, T)
   return r, (qz if use_z else None), A, (z if use_z else None)
