@@ -41,7 +41,7 @@ def data_config() -> ml_collections.ConfigDict:
 
 
 def optim_config() -> ml_collections.ConfigDict:
-  """AdamW as in the reference (METHOD.md §3); see ``tensorcache.optim``."""
+  """AdamW as in the reference (docs/method.md §3); see ``tensorcache.optim``."""
   return ml_collections.ConfigDict(dict(
       lr=6e-4,  # peak learning rate, reached after warmup_steps
       min_lr=6e-5,  # end of the cosine

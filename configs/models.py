@@ -3,7 +3,7 @@
 ``get_config("small")`` returns the model section of a run config for a preset (every
 ``ModelConfig`` field, the preset's values over the dataclass defaults); ``TRAIN`` holds the
 train-section values that belong to a preset (context length, batch). The sizes are those of
-the authors' PyTorch reference (METHOD.md §3): 4L/4H/128 with block 256 and W=128; 6L/6H/384
+the authors' PyTorch reference (docs/method.md §3): 4L/4H/128 with block 256 and W=128; 6L/6H/384
 with block 512 and W=256; 12L/12H/768 ("124M" with the GPT-2 vocabulary) with block 1024 and
 W=512. ``block`` is the training context, ``train.seq_len``.
 

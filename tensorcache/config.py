@@ -35,7 +35,7 @@ class ModelConfig:
   only), ``sinks`` (StreamingLLM: ``num_sinks`` sinks + ring of ``window - num_sinks``),
   ``infini`` (Infini-attention beside the window), ``tc`` (Tensor Cache).
 
-  Semantics (METHOD.md §5-§7):
+  Semantics (docs/method.md §5-§7):
     compat: ``exact`` (default) or ``reference``: the authors' W+1-key training window,
       read-then-write streaming order and per-token Infini streaming writes.
     memory_mode: how a *training* query reads the memory: ``exact`` (eviction-fed, equal

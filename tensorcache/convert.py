@@ -1,7 +1,7 @@
 """Load checkpoints of the authors' PyTorch reference (``kswain98/tensor-cache``).
 
 ``config_from_reference`` maps the reference's ``GPTConfig`` keys onto ``ModelConfig`` with
-the reference-compatible semantics (METHOD.md §6): ``compat='reference'`` (W+1-key training
+the reference-compatible semantics (docs/method.md §6): ``compat='reference'`` (W+1-key training
 window, read-then-write streaming, per-token Infini streaming writes) and the
 write-on-insert chunk-start training scan. ``params_from_state_dict`` maps its
 ``state_dict`` names onto our parameter tree. ``torch`` is needed only to read ``.pt`` files.

@@ -1,4 +1,4 @@
-"""Evaluation protocols (METHOD.md §9): distance-stratified streaming NLL and recall accuracy.
+"""Evaluation protocols (docs/method.md §9): distance-stratified streaming NLL and recall accuracy.
 
 Both stream the inputs through the model's cache with the chunked prefill (identical to
 token by token), so baselines trained dense are evaluated with their inference window.

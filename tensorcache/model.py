@@ -1,4 +1,4 @@
-"""Flax Linen modules: the GPT backbone of METHOD.md §3 and the mechanism-aware attention.
+"""Flax Linen modules: the GPT backbone of docs/method.md §3 and the mechanism-aware attention.
 
 Modules own parameters and call the pure functions of ``mechanisms``; every method is a
 pure function of (params, inputs, cache). ``GPT.__call__`` is the parallel (training)

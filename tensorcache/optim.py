@@ -1,4 +1,4 @@
-"""The optimiser of METHOD.md §3: AdamW (0.9, 0.95), weight decay on matrices only, linear
+"""The optimiser of docs/method.md §3: AdamW (0.9, 0.95), weight decay on matrices only, linear
 warmup then cosine to ``min_lr``, global-norm clipping.
 
 ``OptimConfig`` is the frozen, hashable form of a run config's ``optim`` section (the train

@@ -1,4 +1,4 @@
-"""L1 attention (METHOD.md §5, §8): the chunked scan against the dense oracle and against a
+"""L1 attention (docs/method.md §5, §8): the chunked scan against the dense oracle and against a
 numpy softmax whose window / sink mask is built by hand (independent of ``visible``); the
 dispatch's ``Impl.AUTO`` against the oracle; the fast kernels (``fast_attention``): splash
 in the Pallas interpreter, splash in TPU ahead-of-time compiles (libtpu, no TPU needed), and

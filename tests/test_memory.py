@@ -1,4 +1,4 @@
-"""L2 memory (METHOD.md §1, §5, §6.1, §7): the chunked scans against per-token oracles.
+"""L2 memory (docs/method.md §1, §5, §6.1, §7): the chunked scans against per-token oracles.
 
 Inputs are fresh ``jax.random`` draws (never zeros): random initial states, keys already
 L2-normalised as the model writes them, decays and rates drawn per head.
@@ -80,7 +80,7 @@ def test_shift_queries_and_unshift_reads(shift):
 
 
 def _numpy_recurrence(q, k, v, g, eta, A0, z0, rule, read_first):
-  """METHOD.md §4 by hand in float64, one token at a time; shares no code with ``memory``."""
+  """docs/method.md §4 by hand in float64, one token at a time; shares no code with ``memory``."""
   q, k, v, A, z = (np.asarray(x, np.float64) for x in (q, k, v, A0, z0))
   lam = np.exp(np.asarray(g, np.float64))  # [T, H]
   eta = np.asarray(eta, np.float64)[None, :]
@@ -204,7 +204,7 @@ def test_invalid_steps_leave_state_untouched():
 
 
 def _chunk_start_oracle(q, k, v, log_lam, valid, eta, A0, z0, rule, chunk):
-  """METHOD.md §6.1 by hand, float64: every step of chunk c reads A_c (and q . z_c);
+  """docs/method.md §6.1 by hand, float64: every step of chunk c reads A_c (and q . z_c);
   ``A_{c+1} = lam^n A_c + eta sum_j lam^(n-1-j) k_j (x) u_j`` with the delta error
   ``u_j = v_j - k_j A_c`` against the chunk-start state. A step that is not valid neither
   writes nor decays (``n`` and the exponents count valid steps only)."""
@@ -347,7 +347,7 @@ def test_chunk_mean_has_c2_minus_c_cross_terms(Cn):
 
 
 def _naive_evicted_scan(q, k, v, lam_H, eta_H, rule: str, W: int):
-  """METHOD.md §5 by lax.scan over t: at step t >= W write token t - W, then read q_t."""
+  """docs/method.md §5 by lax.scan over t: at step t >= W write token t - W, then read q_t."""
   kh = memory.normalize_key(k)
   kw = jnp.pad(kh, ((0, 0), (W, 0), (0, 0), (0, 0)))[:, : q.shape[1]]  # kw[:, t] = kh[:, t - W]
   vw = jnp.pad(v, ((0, 0), (W, 0), (0, 0), (0, 0)))[:, : q.shape[1]]

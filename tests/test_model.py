@@ -1,4 +1,4 @@
-"""Model invariants (METHOD.md §5 parity requirement, STYLE.md habit 14).
+"""Model invariants (docs/method.md §5 parity requirement, STYLE.md habit 14).
 
 Every test runs on perturbed parameters (``_util.perturb_params``: gates open, weights
 N(0, 0.3), random decays and rates) and asserts that its comparison is meaningful, i.e.
