@@ -24,8 +24,9 @@ from configs import base  # noqa: E402  (test_train puts the repository root on 
 
 CONFIG_DIR = ROOT / "configs"
 # Run configs and experiment configs (one file per paper table/figure, arms from sweep()).
+# A config file defines get_config (experiments/ also holds the runner, studies and plotter).
 CONFIG_FILES = sorted(p for d in (CONFIG_DIR, ROOT / "experiments") for p in d.glob("**/*.py")
-                      if p.name != "__init__.py")
+                      if p.name != "__init__.py" and "\ndef get_config(" in p.read_text())
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 # ml_collections' config_flags loads config files with the deprecated importlib load_module.
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module\\(\\) method is deprecated:DeprecationWarning")
