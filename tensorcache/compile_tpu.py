@@ -253,7 +253,8 @@ def main(argv) -> None:
   print(step.line(hbm))
   if FLAGS.table:
     model = config.model
-    name = f"{model.n_layer}L/{model.d_model} {model.mechanism}" + (f" {model.rule}" if model.mechanism == "tc" else "")
+    name = f"{model.n_layer}L/{model.d_model} vocab {model.vocab_size} {model.mechanism}" + (f" {model.rule}" if model.mechanism == "tc" else "")
+    name += f", remat={model.remat}" if model.remat != "none" else ""
     print(f"| {name} | {topology} | {per_chip * chips} ({per_chip}/chip) | {step.total / GiB:.2f} GiB "
           f"| {step.seconds:.0f} s |")
   if FLAGS.inference:
