@@ -62,8 +62,21 @@ def unit_lower_inverse(M_CC, precision: str = "highest"):
   return inv
 
 
-def chunk_step(q, k, v, g_1C, eta_11, S_DD, z_1D, *, rule: str, read_first: bool, precision: str = "highest"):
-  """Reads of one chunk and the state after it: ``(r [C,D], qz [C,1], S [D,D], z [1,D])``."""
+def local_shapes(rule: str, C: int, D: int):
+  """Shapes of ``chunk_local``'s fields, in order."""
+  if rule == "delta":  # U, Wk, P, q_read, Kw, lam, qz_local, dz
+    return [(C, D), (C, D), (C, C), (C, D), (C, D), (1, 1), (C, 1), (1, D)]
+  return [(C, D), (C, D), (D, D), (1, 1), (C, 1), (1, D)]  # o, q_read, dS, lam, qz_local, dz
+
+
+def chunk_local(q, k, v, g_1C, eta_11, *, rule: str, read_first: bool, precision: str = "highest"):
+  """Everything about a chunk that does not depend on the state entering it.
+
+  delta: ``U = T^-1 eta V`` and ``Wk = T^-1 eta e^{G_prev} K`` (so the written vectors are
+  ``W = U - Wk S``), the decayed scores ``P``, ``q_read = e^{G_read} q``, ``Kw = e^{G_C-G} k``;
+  outer / wedge: the chunk's own reads ``o`` and state increment ``dS``; every rule: the
+  chunk's decay ``lam = e^{G_C}`` and the normaliser's own read and increment.
+  """
   C = q.shape[0]
   row = lax.broadcasted_iota(jnp.int32, (C, C), 0)
   col = lax.broadcasted_iota(jnp.int32, (C, C), 1)
@@ -81,33 +94,49 @@ def chunk_step(q, k, v, g_1C, eta_11, S_DD, z_1D, *, rule: str, read_first: bool
   dot = functools.partial(_dot, precision=precision)
   read_decay = decay(G_read, causal)
   w_last = jnp.exp(G_last - G_C1)  # [C, 1]
-  lam_C = jnp.exp(G_last)
+  lam = jnp.exp(G_last)
   q_read = q * jnp.exp(G_read)
-  qk = dot(q, k, tb=True) * read_decay
-  r = dot(q_read, S_DD)
+  P = dot(q, k, tb=True) * read_decay
+  Kw = k * w_last
+  qz_local = eta_11 * jnp.sum(P, axis=1, keepdims=True)
+  dz = eta_11 * jnp.sum(Kw, axis=0, keepdims=True)
   if rule == "delta":
     M = dot(k, k, tb=True) * decay(G_prev, col < row) * eta_11
     Tinv = unit_lower_inverse(M, precision)
-    W = dot(Tinv, eta_11 * (v - dot(jnp.exp(G_prev) * k, S_DD)))  # the written vectors w_i
-    r = r + dot(qk, W)
-    S_new = lam_C * S_DD + dot(k * w_last, W, ta=True)
+    U = dot(Tinv, eta_11 * v)
+    Wk = dot(Tinv, eta_11 * jnp.exp(G_prev) * k)
+    return U, Wk, P, q_read, Kw, lam, qz_local, dz
+  o = eta_11 * dot(P, v)
+  dS = dot(Kw, v, ta=True)
+  if rule == "wedge":
+    o = o - eta_11 * dot(dot(q, v, tb=True) * read_decay, k)
+    dS = dS - dot(v * w_last, k, ta=True)
+  return o, q_read, eta_11 * dS, lam, qz_local, dz
+
+
+def chunk_serial(fields, S_DD, z_1D, *, rule: str, precision: str = "highest"):
+  """From the state entering the chunk and its ``chunk_local`` fields: the reads and the
+  state after it, ``(r [C,D], qz [C,1], S [D,D], z [1,D])``."""
+  dot = functools.partial(_dot, precision=precision)
+  if rule == "delta":
+    U, Wk, P, q_read, Kw, lam, qz_local, dz = fields
+    W = U - dot(Wk, S_DD)  # the written vectors w_i = eta (v_i - k_i A_{i-1})
+    r = dot(P, W) + dot(q_read, S_DD)
+    S_new = lam * S_DD + dot(Kw, W, ta=True)
   else:
-    r = r + eta_11 * dot(qk, v)
-    upd = dot(k * w_last, v, ta=True)
-    if rule == "wedge":
-      r = r - eta_11 * dot(dot(q, v, tb=True) * read_decay, k)
-      upd = upd - dot(v * w_last, k, ta=True)
-    S_new = lam_C * S_DD + eta_11 * upd
-  qz = eta_11 * jnp.sum(qk, axis=1, keepdims=True) + jnp.sum(q_read * z_1D, axis=1, keepdims=True)
-  z_new = lam_C * z_1D + eta_11 * jnp.sum(k * w_last, axis=0, keepdims=True)
-  return r, qz, S_new, z_new
+    o, q_read, dS, lam, qz_local, dz = fields
+    r = o + dot(q_read, S_DD)
+    S_new = lam * S_DD + dS
+  qz = qz_local + jnp.sum(q_read * z_1D, axis=1, keepdims=True)
+  return r, qz, S_new, lam * z_1D + dz
 
 
-def chunk_vjp(q, k, v, g_1C, eta_11, S_DD, z_1D, cotangents, *, rule: str, read_first: bool,
-              precision: str = "highest"):
-  """Cotangents of ``chunk_step``'s inputs from those of its outputs (``(dr, dqz, dS, dz)``)."""
-  def f(*xs):
-    return chunk_step(*xs, rule=rule, read_first=read_first, precision=precision)
+def chunk_step(q, k, v, g_1C, eta_11, S_DD, z_1D, *, rule: str, read_first: bool, precision: str = "highest"):
+  """Reads of one chunk and the state after it: ``(r [C,D], qz [C,1], S [D,D], z [1,D])``."""
+  fields = chunk_local(q, k, v, g_1C, eta_11, rule=rule, read_first=read_first, precision=precision)
+  return chunk_serial(fields, S_DD, z_1D, rule=rule, precision=precision)
 
-  _, pullback = jax.vjp(f, q, k, v, g_1C, eta_11, S_DD, z_1D)
-  return pullback(cotangents)
+
+def pullback(f, primals, cotangents):
+  """Cotangents of ``f``'s inputs from those of its outputs (``jax.vjp`` in a kernel body)."""
+  return jax.vjp(f, *primals)[1](cotangents)

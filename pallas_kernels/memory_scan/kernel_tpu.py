@@ -84,10 +84,10 @@ def _bwd_kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, Ss_ref, zs_ref, dr_ref, dqz
     dz_scr[...] = dz_ref[...].astype(f32)
     deta_scr[...] = jnp.zeros_like(deta_scr)
 
-  grads = chunk.chunk_vjp(
-      q_ref[...].astype(f32), k_ref[...].astype(f32), v_ref[...].astype(f32), g_ref[...], eta_ref[...],
-      Ss_ref[...], zs_ref[...], (dr_ref[...], dqz_ref[...], dS_scr[...], dz_scr[...]),
-      rule=rule, read_first=read_first, precision=precision)
+  step = functools.partial(chunk.chunk_step, rule=rule, read_first=read_first, precision=precision)
+  primals = (q_ref[...].astype(f32), k_ref[...].astype(f32), v_ref[...].astype(f32), g_ref[...], eta_ref[...],
+             Ss_ref[...], zs_ref[...])
+  grads = chunk.pullback(step, primals, (dr_ref[...], dqz_ref[...], dS_scr[...], dz_scr[...]))
   dq, dk, dv, dg, deta, dS, dz = grads
   dq_ref[...] = dq.astype(dq_ref.dtype)
   dk_ref[...] = dk.astype(dk_ref.dtype)
@@ -123,11 +123,13 @@ def forward(q, k, v, g, eta, A0, z0, *, rule, read_first, precision="highest", s
       scratch_shapes=[pltpu.VMEM((D, D), f32), pltpu.VMEM((1, D), f32)],
       compiler_params=_params(), interpret=interpret,
   )(_heads_major(q), _heads_major(k), _heads_major(v), g, eta, A0, z0)
-  return (_heads_major(r), _heads_major(qz), A, z, *saved_states)
+  r, qz = _heads_major(r), _heads_major(qz)
+  return (r, qz, A, z, tuple(saved_states)) if save else (r, qz, A, z)
 
 
-def backward(q, k, v, g, eta, S_in, z_in, dr, dqz, dA, dz, *, rule, read_first, precision="highest", interpret=False):
-  """As ``kernel_gpu.backward``."""
+def backward(q, k, v, g, eta, saved, dr, dqz, dA, dz, *, rule, read_first, precision="highest", interpret=False):
+  """As ``kernel_gpu.backward`` (``saved``: the states entering each chunk; ``deta [B,H,1,1]``)."""
+  S_in, z_in = saved
   B, T, H, D = q.shape
   N, C = g.shape[1], g.shape[3]
   stream, column, g_spec, eta_spec, saved, state = _specs(N, C, D, reverse=True)

@@ -34,13 +34,13 @@ def _op(rule: str, read_first: bool, precision: str, backend: str, interpret: bo
     return kernel.forward(q, k, v, g, eta, A0, z0, save=False, **statics)
 
   def fwd(q, k, v, g, eta, A0, z0):
-    r, qz, A, z, S_in, z_in = kernel.forward(q, k, v, g, eta, A0, z0, **statics)
-    return (r, qz, A, z), (q, k, v, g, eta, S_in, z_in)
+    r, qz, A, z, saved = kernel.forward(q, k, v, g, eta, A0, z0, **statics)
+    return (r, qz, A, z), (q, k, v, g, eta, saved)
 
   def bwd(res, cotangents):
-    q, k, v, g, eta, S_in, z_in = res
+    q, k, v, g, eta, saved = res
     dr, dqz, dA, dz = cotangents
-    dq, dk, dv, dg, deta, dA0, dz0 = kernel.backward(q, k, v, g, eta, S_in, z_in, dr, dqz, dA, dz, **statics)
+    dq, dk, dv, dg, deta, dA0, dz0 = kernel.backward(q, k, v, g, eta, saved, dr, dqz, dA, dz, **statics)
     return dq, dk, dv, dg.sum(0), deta.sum(0), dA0, dz0
 
   scan.defvjp(fwd, bwd)
