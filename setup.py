@@ -35,6 +35,7 @@ setup(
             "pytest>=8",
             "pytest-xdist>=3.5",
             "tokenizers>=0.15",  # the BPE tests
+            "rdata>=1.0",  # the R lazy-load reader's tests
             # tests/test_notebooks.py executes notebooks/ (fails, never skips, without these)
             "nbclient>=0.10",
             "nbformat>=5.9",
@@ -51,6 +52,8 @@ setup(
             "ipykernel>=6.29",
             "jupytext>=1.16",
         ],
+        # scripts/install_corpora.py austen: reads the R data package's serialized objects.
+        "corpora": ["rdata>=1.0"],
         # Only for converting the reference PyTorch checkpoints.
         "torch": ["torch>=2.3"],
     },

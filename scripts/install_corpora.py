@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
   for name in names:
     try:
       install.install(name, root, force=args.force, verify=args.verify, deb_dir=args.deb_dir)
-    except install.InstallError as e:
+    except (install.InstallError, ImportError) as e:  # ImportError: an extra, with its pip command
       print(f"{name}: FAILED: {e}", file=sys.stderr)
       failed.append(name)
   return 1 if failed else 0

@@ -17,7 +17,7 @@ half-written corpus.
 
 Corpora:
   ``austen``  r-cran-janeaustenr: the six novels, read from the package's R lazy-load
-              database by ``rserialize`` (pure Python).
+              database by ``rserialize`` with the ``rdata`` package (``[corpora]`` extra).
   ``kjv``     bible-kjv + bible-kjv-text: exported with the package's ``bible`` program
               (run from the unpacked package), one file per book in canonical order.
   ``pydocs``  python3.11-doc: the reST sources ``html/_sources/**/*.txt``.
