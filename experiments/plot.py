@@ -44,6 +44,19 @@ def read_csv(path: str) -> list[dict]:
     return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def run_config_value(results: str, section: str, field: str):
+  """A field of the run config the arms recorded (``arms/*.json``; the first arm that has it)."""
+  import glob
+  import json
+
+  for path in sorted(glob.glob(os.path.join(results, "arms", "*.json"))):
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f).get("config", {}).get(section, {}).get(field)
+    if value is not None:
+      return value
+  return None
+
+
 def _plt():
   import matplotlib
 
@@ -111,6 +124,10 @@ def plot_recall(results: str) -> list[str]:
       ax.fill_between(mid, [s[1] for s in stats], [s[2] for s in stats], color=c, alpha=0.15, lw=0)
     ax.axvline(1.0, color="gray", ls="--", lw=1)
     ax.text(1.02, 0.95, f"W = {window}", color="gray", transform=ax.get_xaxis_transform())
+    layers = run_config_value(results, "model", "n_layer")
+    if layers and layers > 1:  # stacked windows see L W tokens back: window-only's receptive field
+      ax.axvline(float(layers), color="gray", ls=":", lw=1)
+      ax.text(layers + 0.02, 0.88, f"{layers} layers x W", color="gray", transform=ax.get_xaxis_transform())
     if chance:
       ax.axhline(chance, color="k", ls=":", lw=1)
       ax.text(0.02, chance + 0.01, "chance", fontsize=8)
@@ -131,7 +148,7 @@ def plot_recall(results: str) -> list[str]:
         mean = sum(vals) / len(vals)
         ax.bar(i, mean, color=_color(name, i) if name in COLORS else "0.6", alpha=0.6)
         ax.scatter([i] * len(vals), vals, color="k", s=12, zorder=3)
-        ax.text(i, mean + 0.02, f"{mean:.2f}", ha="center", fontsize=8)
+        ax.text(i, 0.02, f"{mean:.2f}", ha="center", fontsize=8)
       if chance:
         ax.axhline(chance, color="k", ls=":", lw=1)
       ax.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=7)
@@ -305,6 +322,46 @@ def plot_lm(results: str) -> list[str]:
   return out
 
 
+def summarize(experiment: str, results: str) -> list[str]:
+  """The headline numbers the README's table quotes, as lines of text."""
+  lines = []
+  if experiment == "recall":
+    groups = defaultdict(list)
+    for r in read_csv(os.path.join(results, "summary.csv")):
+      groups[group_name(r)].append(r)
+    for name, rows in sorted(groups.items()):
+      parts = []
+      for col in ("acc_below_W", "acc_beyond_W"):
+        vals = [r[col] for r in rows]
+        mean = sum(vals) / len(vals)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / max(len(vals) - 1, 1))
+        parts.append(f"{col} {mean:.3f} +- {sd:.3f} (min {min(vals):.3f}, max {max(vals):.3f})")
+      far = []  # accuracy beyond 2W (the 2-layer window's receptive field), per seed
+      for r in rows:
+        bins = [d for d in read_csv(os.path.join(results, "distance.csv"))
+                if d["arm"] == r["arm"] and d["distance_lo_W"] >= 2.0]
+        n = sum(d["answers"] for d in bins)
+        if n:
+          far.append(sum(d["accuracy"] * d["answers"] for d in bins) / n)
+      if far:
+        parts.append(f"acc_beyond_2W {sum(far) / len(far):.3f} (min {min(far):.3f}, max {max(far):.3f})")
+      lines.append(f"{name}: {len(rows)} seeds; " + "; ".join(parts))
+  if experiment == "memory_capacity":
+    cap = read_csv(os.path.join(results, "capacity.csv"))
+    for rule in ("outer", "delta", "wedge"):
+      for write in ("exact", "chunk_mean"):
+        mine = [c for c in cap if c["rule"] == rule and c["write"] == write]
+        for D in sorted({c["D"] for c in mine}):
+          rows = sorted((c for c in mine if c["D"] == D), key=lambda c: c["pairs"])
+          ok = [c["pairs_per_D"] for c in rows if c["top1"] >= 0.9]
+          lines.append(f"{rule} {write} D={D}: top-1 >= 0.9 up to N/D = {max(ok) if ok else 0:g}; "
+                       f"at N = D top-1 {next((c['top1'] for c in rows if c['pairs'] == D), float('nan')):.3f}")
+      errs = [c["scan_vs_recurrence"] for c in cap if c["rule"] == rule and c["write"] == "exact"]
+      if errs:
+        lines.append(f"{rule}: chunked scan vs per-token recurrence, max relative error {max(errs):.2e}")
+  return lines
+
+
 FIGURES = {
     "recall": plot_recall,
     "memory_capacity": plot_memory_capacity,
@@ -328,7 +385,7 @@ def main(argv):
   paths = FIGURES[f.experiment](results)
   if not paths:
     raise app.UsageError(f"No CSV of {f.experiment} found in {results}.")
-  print("\n".join(paths))
+  print("\n".join(paths + summarize(f.experiment, results)))
 
 
 if __name__ == "__main__":

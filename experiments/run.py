@@ -161,6 +161,7 @@ def main(argv):
     return
   module = experiment_module(f.experiment)
   arms = select_arms(module.sweep(), f.arms, f.smoke, f.arm_index, f.num_arms)
+  counts = {}
   for arm in arms:
     done = os.path.join(f.out, "arms", f"{arm}.json")
     if os.path.exists(done) and not f.force:
@@ -173,8 +174,8 @@ def main(argv):
     else:
       status = "ok" if run_arm(f.experiment, arm, f.out, f.workroot) else "no result"
     print(f"{f.experiment}/{arm}: {status} in {time.perf_counter() - t0:.0f} s", flush=True)
+    counts = collect(f.out)  # after every arm: the CSVs are current while a long sweep runs
   if arms:
-    counts = collect(f.out)
     print(f"{f.out}: " + ", ".join(f"{t}.csv {n} rows" for t, n in sorted(counts.items())), flush=True)
 
 

@@ -26,13 +26,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from tensorcache import cache as cache_lib
-from tensorcache import data, evaluate, inference, memory, train
+from tensorcache import inference, memory
+from tensorcache.config import ModelConfig
 from tensorcache.model import GPT
+
+# The training studies import tensorcache.data / evaluate / train where they run, so that the
+# systems and capacity studies need only the core library (the GPU machine lacks grain).
 
 f32 = jnp.float32
 
 
 def _train(config, workdir: str):
+  from tensorcache import train
+
   t0 = time.perf_counter()
   state = train.train(config, workdir)
   return state, time.perf_counter() - t0
@@ -48,6 +54,8 @@ def _arm_fields(config) -> dict:
 
 
 def recall(config, workdir: str) -> list[dict]:
+  from tensorcache import evaluate, train
+
   s = config.study
   state, train_s = _train(config, workdir)
   cfg = train.model_config(config.model)
@@ -92,6 +100,8 @@ def distance_bins(nll, weights, window: int, edges) -> list[dict]:
 
 
 def lm(config, workdir: str) -> list[dict]:
+  from tensorcache import data, evaluate, train
+
   s = config.study
   state, train_s = _train(config, workdir)
   cfg = train.model_config(config.model)
@@ -213,6 +223,8 @@ def learned_rows(params, cfg, base: dict) -> list[dict]:
 
 def learned(config, workdir: str) -> list[dict]:
   """``workdir`` is the reused run's (the runner resolves ``study.reuse``)."""
+  from tensorcache import train
+
   state, train_s = _train(config, workdir)
   cfg = train.model_config(config.model)
   return learned_rows(state.params, cfg, _arm_fields(config) | dict(train_steps=int(state.step),
@@ -272,7 +284,7 @@ def systems_point(model: GPT, params, length: int, s, probe: bool) -> dict:
   logits, warm = inference.prefill(model, params, tokens[:, :seg], warm, chunk=int(s.chunk))
   jax.block_until_ready(jnp.argmax(logits, -1).astype(jnp.int32))  # compiles the first-token op too
   del warm, logits
-  compile_s = time.perf_counter() - t0
+  warmup_s = time.perf_counter() - t0  # the compile, when this model has not run yet
   cache = inference.init_cache(cfg, 1)
   t0 = time.perf_counter()
   for i in range(0, tokens.shape[1], seg):
@@ -283,7 +295,7 @@ def systems_point(model: GPT, params, length: int, s, probe: bool) -> dict:
   after_prefill = _memory_stats()
   row = dict(length=length, status="probe" if probe else "ok", prompt_tokens_run=int(tokens.shape[1]),
              cache_bytes=_nbytes(cache), logits_finite=bool(np.isfinite(np.asarray(logits, np.float32)).all()),
-             state_norm=state_norm(cache), prefill_compile_s=round(compile_s, 2),
+             state_norm=state_norm(cache), warmup_s=round(warmup_s, 2),
              bytes_in_use_after_prefill=after_prefill["bytes_in_use"])
   if probe:
     row.update(peak_bytes=_memory_stats()["peak_bytes"], bytes_limit=after_prefill["bytes_limit"])
@@ -292,14 +304,13 @@ def systems_point(model: GPT, params, length: int, s, probe: bool) -> dict:
   steps = int(s.decode_steps)
   t0 = time.perf_counter()
   toks, cache = decode_loop(model, params, cache, first, steps)  # compiles (once per cache shape)
-  jax.block_until_ready(toks)
+  last = jax.block_until_ready(toks[-1])  # (the eager slice compiles too: outside the timing)
   row["decode_first_call_s"] = round(time.perf_counter() - t0, 2)
   t0 = time.perf_counter()
-  toks, cache = decode_loop(model, params, cache, toks[-1], steps)
+  toks, cache = decode_loop(model, params, cache, last, steps)
   jax.block_until_ready(toks)
   decode_s = time.perf_counter() - t0
-  row.update(decode_tok_s=steps / decode_s, decode_ms_per_token=1e3 * decode_s / steps,
-             decode_finite=bool(np.isfinite(np.asarray(toks)).all()))
+  row.update(decode_tok_s=steps / decode_s, decode_ms_per_token=1e3 * decode_s / steps)
   mem = _memory_stats()
   row.update(peak_bytes=mem["peak_bytes"], bytes_limit=mem["bytes_limit"])
   del cache
@@ -310,7 +321,7 @@ def systems(config, workdir: str) -> list[dict]:
   """Ascending prompt lengths under ``study.budget_s``; stops at the first out-of-memory."""
   del workdir
   s = config.study
-  cfg = train.model_config(config.model)
+  cfg = ModelConfig(**config.model.to_dict())  # as train.model_config, without the trainer's imports
   start = time.perf_counter()
   params = jax.jit(GPT(cfg).init)(jax.random.PRNGKey(int(s.seed)), jnp.zeros((1, 8), jnp.int32))
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
@@ -324,12 +335,12 @@ def systems(config, workdir: str) -> list[dict]:
   for length in tuple(s.lengths) + tuple(s.probe_lengths):
     left = float(s.budget_s) - (time.perf_counter() - start)
     timed = length in tuple(s.lengths) and not probing and (not s.timed_max or length <= s.timed_max)
-    compiles = (prev["prefill_compile_s"] + prev["decode_first_call_s"]) if prev and power == 2 else 0.0
+    compiles = (prev["warmup_s"] + prev["decode_first_call_s"]) if prev and power == 2 else 0.0
     if timed and prev is not None:  # time grows linearly (windowed) or quadratically (full)
       timed = prev["ttft_s"] * (length / prev["length"]) ** power + compiles + 2.0 < left
     probing = probing or not timed
     # Only full attention is probed (its memory grows); a probe needs about one prefill compile.
-    if not timed and (cfg.mechanism != "full" or left < (prev["prefill_compile_s"] if prev else 0.0) + 2.0):
+    if not timed and (cfg.mechanism != "full" or left < (prev["warmup_s"] if prev else 0.0) + 2.0):
       rows.append(base | dict(length=length, status=f"skipped: {left:.0f} s of budget left"))
       continue
     model = GPT(cfg.replace(max_len=length + extra)) if cfg.mechanism == "full" else model_w

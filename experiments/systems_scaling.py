@@ -5,11 +5,15 @@ Claim: the windowed mechanisms (window, sinks, infini, tc) run a 1M-token prompt
 memory at a flat rate; full attention's cache and time grow with the prompt until it runs
 out of memory.
 
-One H200 (the lead's command; about 8 minutes, every arm in its own process):
+One H200, every arm in its own process, at most about 8 minutes (the arms' budgets below sum
+to 395 s, plus a process start each; repo root; ``.whl/`` carries ml-collections, which the
+GPU machine lacks; the study itself imports only the core library):
 
-  XLA_PYTHON_CLIENT_MEM_FRACTION=.95 python -m experiments.run --experiment=systems_scaling \\
-      --fresh_process --out=$OUT/systems_scaling && python -m experiments.plot \\
-      --experiment=systems_scaling --results=$OUT/systems_scaling
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; \\
+  PYTHONPATH=/tmp/site:$PWD XLA_PYTHON_CLIENT_MEM_FRACTION=.95 python3 -m experiments.run \\
+      --experiment=systems_scaling --fresh_process --arm_timeout_s=240 --out=$OUT/systems_scaling
+
+then, where the CSV is copied to: ``python -m experiments.plot --experiment=systems_scaling``.
 
 CPU smoke (seconds): ``python -m experiments.run --experiment=systems_scaling --smoke --out=/tmp/sys``.
 
@@ -44,7 +48,7 @@ BUDGET_S = {"tc": 60, "full": 210, "window": 40, "sinks": 40, "infini": 45}  # s
 
 
 def get_config(arm: str | None = None) -> ml_collections.ConfigDict:
-  arm = arm or "tc"
+  arm = arm or "smoke"  # the default trains on bytes in the config test (vocab 50304 would not)
   if arm not in MECHANISMS + ("smoke",):
     raise ValueError(f"Unknown arm {arm!r}; choose one of {sweep()}.")
   if arm == "smoke":  # the tiny model; full, so that the timed and the probed path both run
