@@ -14,7 +14,7 @@ FEEDS = ("evict", "insert")
 COMPATS = ("exact", "reference")
 SINK_POSITIONS = ("absolute", "cache")
 DTYPES = ("float32", "bfloat16")
-IMPLS = ("auto", "reference", "xla")
+IMPLS = ("auto", "reference", "xla", "pallas")
 REMATS = ("none", "memory", "block")
 
 
