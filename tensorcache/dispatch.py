@@ -6,8 +6,10 @@ arrive in the compute dtype (bf16 in training); implementations cast to float32 
 
 ``Impl`` is resolved at call time, never at import time: ``REFERENCE`` is the plain oracle
 (dense ``T x T`` attention, per-token memory recurrence), ``XLA`` the chunked forms,
-``PALLAS`` the Pallas kernels where one exists (the exact memory scan); ``AUTO`` picks the
-fastest implementation for the platform the op is lowered for.
+``PALLAS`` the Pallas kernels where one exists (the exact memory scan; ``AUTO``'s choice for
+the other ops); ``AUTO`` picks the fastest implementation for the platform the op is lowered
+for (on GPU the memory scan stays XLA: the kernel measured slower there, see
+``pallas_kernels/memory_scan/README.md``).
 """
 
 from __future__ import annotations
