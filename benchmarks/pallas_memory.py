@@ -200,11 +200,11 @@ def main():
   save()
   print(f"{'shape':>18} {'rule':>6} {'impl':>22} {'fwd ms':>8} {'f+b ms':>8} {'fwd %bw':>8} {'f+b %bw':>8}")
   for r in report["timing"]:
-    if "fwd" in r:
+    if "fwd_bwd" in r:
       print(f"{'x'.join(map(str, r['shape'])):>18} {r['rule']:>6} {r['impl']:>22} {r['fwd']['ms']:8.3f} "
             f"{r['fwd_bwd']['ms']:8.3f} {100 * r['fwd_frac_bw']:7.1f}% {100 * r['fwd_bwd_frac_bw']:7.1f}%")
     else:
-      print(f"{'x'.join(map(str, r['shape'])):>18} {r['rule']:>6} {r['impl']:>22} error: {r['error'][:80]}")
+      print(f"{'x'.join(map(str, r['shape'])):>18} {r['rule']:>6} {r['impl']:>22} error: {r.get('error', '')[:80]}")
 
 
 if __name__ == "__main__":

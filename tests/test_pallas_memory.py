@@ -150,3 +150,17 @@ def test_tpu_kernels_compile_for_v5e(rule):
   step = jax.shard_map(grads, mesh=mesh, in_specs=specs, out_specs=specs, check_vma=False)
   compiled = jax.jit(step).lower(*abstract).compile()
   assert compiled.as_text().count("tpu_custom_call") == 2  # the forward and the backward kernel
+
+
+def test_model_with_pallas_memory_equals_xla():
+  """A Tensor Cache model (delta rule, read normaliser) with ``impl="pallas"`` gives the
+  logits of ``impl="xla"`` (float32, interpret mode on CPU); its memory matters (the logits
+  move when the memory's write rate is zeroed)."""
+  from tests import _util  # pylint: disable=g-import-not-at-top
+  cfg = _util.small_config(mechanism="tc", rule="delta", n_layer=1, normalize_read=True)
+  model, params = _util.init_model(cfg.replace(impl="xla"), seed=3)
+  toks = _util.tokens(4)
+  want = _util.forward(model, params, toks)
+  got = _util.forward(_util.GPT(cfg.replace(impl="pallas")), params, toks)
+  _util.assert_close(got, want, 1e-5, "pallas vs xla logits")
+  _util.assert_differs(_util.forward(model, _util.set_param(params, "lr_logit", -30.0), toks), want)
