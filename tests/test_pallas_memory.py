@@ -164,3 +164,19 @@ def test_model_with_pallas_memory_equals_xla():
   got = _util.forward(_util.GPT(cfg.replace(impl="pallas")), params, toks)
   _util.assert_close(got, want, 1e-5, "pallas vs xla logits")
   _util.assert_differs(_util.forward(model, _util.set_param(params, "lr_logit", -30.0), toks), want)
+
+
+@pytest.mark.parametrize("rule", ["delta", "wedge"])
+def test_gpu_kernels_lower_for_cuda(rule):
+  """Forward and backward GPU kernels pass the Pallas Triton lowering for CUDA (run on this
+  CPU host: the lowering to Triton IR needs no GPU; compiling it does, see the README)."""
+  B, T, H, D = 2, 64, 2, 64
+  s = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype)
+  args = [s((B, T, H, D), jnp.bfloat16)] * 3 + [s((T, H)), s((H,)), s((B, H, D, D)), s((B, H, D))]
+
+  def loss(*a):
+    r, qz, A, z = ops.memory_scan(*a, rule=rule, block=32, precision="tf32x3", backend="gpu")
+    return jnp.sum(r * r) + jnp.sum(qz) + jnp.sum(A) + jnp.sum(z)
+
+  lowered = jax.jit(jax.grad(loss, argnums=range(7))).trace(*args).lower(lowering_platforms=("cuda",))
+  assert lowered.as_text().count("__gpu$xla.gpu.triton") == 4  # local and serial, forward and backward
