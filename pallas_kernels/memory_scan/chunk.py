@@ -3,8 +3,10 @@
 Every array is 2-D and float32 (``[C, D]`` chunks, ``[1, C]`` log decays, ``[1, 1]`` write
 rate, ``[D, D]`` state, ``[1, D]`` normaliser state); the only operations are matrix
 products, elementwise maths, iota masks and axis sums, which Pallas lowers on GPU (Triton)
-and TPU (Mosaic) alike. The backward kernels differentiate this function with ``jax.vjp``
-inside the kernel body, so forward and backward share one definition of the maths.
+and TPU (Mosaic) alike. ``chunk_local`` is the part that does not depend on the state entering
+the chunk (parallel over chunks), ``chunk_serial`` the part that does, ``chunk_step`` both.
+The backward kernels differentiate these functions with ``jax.vjp`` inside the kernel body,
+so forward and backward share one definition of the maths.
 
 From the state ``S`` entering the chunk, with ``G_i = sum_{j<=i} g_j`` (``G`` in the chunk's
 own frame, so every power ``exp(G_i - G_j)`` has a non-positive exponent):
@@ -14,7 +16,7 @@ own frame, so every power ``exp(G_i - G_j)`` has a non-positive exponent):
 * delta: the written vectors ``w_i = eta (v_i - k_i A_{i-1})`` solve the unit
   lower-triangular system ``(I + M) W = eta V - eta e^{G_{i-1}} K S`` with
   ``M_ij = eta e^{G_{i-1}-G_j} <k_i,k_j>`` (``j < i``); since ``M`` is nilpotent,
-  ``(I + M)^-1 = prod_l (I + (-M)^(2^l))`` (``log2 C`` squarings, no substitution);
+  ``(I + M)^-1 = prod_l (I + (-M)^(2^l))`` (``log2 C - 1`` squarings, no substitution);
 * normaliser: ``z_i = e^{g_i} z_{i-1} + eta k_i``, ``qz_i = <q_i, z_i>``.
 
 ``read_first`` reads ``A_{i-1}`` instead of ``A_i`` (strict masks, ``G_{i-1}``).
