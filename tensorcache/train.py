@@ -56,8 +56,9 @@ class Interrupted(Exception):
 
 class _StopOnSignal:
   """While active, the first SIGINT / SIGTERM only records a stop request (the loop saves
-  and raises ``Interrupted`` after the current step); a second one exits the process at
-  once. Handlers can only be installed from the main thread; elsewhere this does nothing."""
+  and raises ``Interrupted`` after the current step; with several processes, at the next
+  multiple of ``train.log_every``); a second one exits the process at once. Handlers can
+  only be installed from the main thread; elsewhere this does nothing."""
 
   SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -83,11 +84,15 @@ class _StopOnSignal:
     print(f"{signal.Signals(signum).name}: finishing the current step, then saving "
           "(interrupt again to exit at once)", file=sys.stderr, flush=True)
 
-  def requested(self) -> bool:
-    """Whether any process got a signal (the same answer on every process)."""
+  def requested(self, step: int, every: int) -> bool:
+    """Whether a process got a signal; the same answer on every process. With several
+    processes the flags are all-gathered (a blocking collective) only every ``every`` steps,
+    so the loop keeps dispatching ahead in between."""
     local = self.signum is not None
     if jax.process_count() == 1:
       return local
+    if step % every:
+      return False
     from jax.experimental import multihost_utils
     return bool(np.any(multihost_utils.process_allgather(np.int32(local))))
 
@@ -202,8 +207,9 @@ def train(config, workdir: str, *, make_iterator: Callable[..., DataIterator] | 
         pending = (step, metrics)
         profiler.after(step, state)
         # Every process reaches the same answer at the same step (orbax's preemption sync for
-        # the JAX coordination service's SIGTERM notice; an all-gather of the local signals).
-        interrupted = stop.requested() or mngr.reached_preemption(step)
+        # the JAX coordination service's SIGTERM notice; an all-gather of the local signals
+        # every log_every steps).
+        interrupted = stop.requested(step, int(tc.log_every)) or mngr.reached_preemption(step)
         save = step % int(tc.checkpoint_every) == 0 or step == total_steps or interrupted
         evaluate = eval_fn is not None and int(tc.eval_every) > 0 and step % int(tc.eval_every) == 0
         if save or evaluate:

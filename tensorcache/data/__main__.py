@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from tensorcache import cli
 from tensorcache.data import pipeline
 
 
@@ -44,8 +45,12 @@ def main(argv: list[str] | None = None) -> int:
       p.add_argument("--vocab-size", type=int, required=True)
       p.add_argument("--out", required=True)
       p.add_argument("--max-docs", type=int, default=None)
+  cli.add_arguments(parser)
   args = parser.parse_args(argv)
+  return cli.guard(_run, args.debug, args.verbose, args)
 
+
+def _run(args) -> int:
   if args.cmd == "fields":
     for key, default in pipeline.DEFAULTS.items():
       print(f"{key:16s} {default!r:12s} {pipeline.FIELD_DOCS[key]}")
