@@ -1,6 +1,6 @@
 """What every command line shares: a mistake is one line on stderr and exit status 2 (the
-traceback with ``--debug`` or ``TENSORCACHE_DEBUG=1``), library INFO logs (orbax's saves and
-restores, JAX's accelerator probe) only with ``--verbose``, and an interrupted training run
+traceback with ``--debug`` or ``TENSORCACHE_DEBUG=1``), INFO logs (orbax's saves and restores,
+JAX's accelerator probe) only with ``--verbose``, and an interrupted training run
 exits with ``128 + signal`` after saying where it stopped.
 
 ``cli.run(main)`` replaces ``absl.app.run(main)``; ``cli.guard`` wraps a ``main`` that parses
@@ -16,8 +16,6 @@ import sys
 from typing import Callable
 
 DEBUG_ENV = "TENSORCACHE_DEBUG"
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SITE = ("site-packages", "dist-packages")
 
 
 class UserError(Exception):
@@ -53,25 +51,24 @@ def fail(error: BaseException, debug: bool) -> None:
   sys.exit(2)
 
 
-class _QuietLibraries(logging.Filter):
-  """Keeps warnings and errors, and INFO from this project's own code; drops library INFO."""
+class _Quiet(logging.Filter):
+  """Keeps warnings and errors; drops INFO and DEBUG records (orbax logs tens per save or
+  restore, JAX its accelerator probe, the dispatch its fallbacks). What a user needs to
+  see, the commands print."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.WARNING:
-      return True
-    path = os.path.abspath(record.pathname)
-    return path.startswith(_PACKAGE_ROOT) and not any(s in path for s in _SITE)
+    return record.levelno >= logging.WARNING
 
 
 def quiet_logs(verbose: bool) -> None:
-  """Installs the library-INFO filter on every root handler (absl's included)."""
+  """Installs the INFO filter on every root handler (absl's included)."""
   if verbose:
     return
   from absl import logging as absl_logging
 
   handlers = set(logging.getLogger().handlers) | {absl_logging.get_absl_handler()}
   for handler in handlers:
-    handler.addFilter(_QuietLibraries())
+    handler.addFilter(_Quiet())
 
 
 def _exit_interrupted(error) -> None:

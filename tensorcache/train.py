@@ -188,6 +188,8 @@ def train(config, workdir: str, *, make_iterator: Callable[..., DataIterator] | 
   if pidx == 0:  # only once the workdir is known to hold this model (or nothing)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))
+    if start:
+      print(f"resuming from the checkpoint of step {start} in {workdir}", flush=True)
   step_fn = make_train_step(spec)
   report = Reporter(workdir, tc, start, gbatch * seq_len, mngr)
   profiler = Profiler(workdir, int(tc.profile_start), int(tc.profile_steps))
