@@ -66,6 +66,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", "demo_out", "Where the three runs, the CSV and the plot go.")
   flags.DEFINE_integer("eval_examples", 512, "Validation examples per arm.")
   flags.DEFINE_bool("reuse", False, "Resume from the arms' earlier runs in --workdir instead of starting fresh.")
+  flags.DEFINE_integer("steps", None, "Training steps per arm (default: the experiment's 600).")
 
 
 def _prepare(workdir: str, reuse: bool) -> str:
@@ -94,6 +95,8 @@ def main(argv):
   table, curves, csv_rows = [], {}, []
   for n, arm in enumerate(arms, 1):
     config = exp.get_config(arm)
+    if f.steps is not None:
+      config.train.update(steps=f.steps, checkpoint_every=f.steps)
     print(f"[{n}/{len(arms)}] {arm}: training {config.train.steps} steps, {plans[arm]}", flush=True)
     t0 = time.perf_counter()
     state = train.train(config, os.path.join(f.workdir, arm))

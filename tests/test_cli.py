@@ -130,3 +130,21 @@ def test_signal_saves_and_the_rerun_resumes_bit_identically(uninterrupted, tmp_p
   assert final == expected_step == STEPS
   for x, y in zip(leaves(params), leaves(expected), strict=True):
     assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
+def test_demo_prints_a_line_per_arm_and_starts_fresh_unless_reuse(tmp_path):
+  args = ("demo", f"--workdir={tmp_path}", "--steps=2", "--eval_examples=8")
+  first = run(*args)
+  assert first.returncode == 0, first.stderr
+  assert "Traceback" not in first.stderr and " I1" not in first.stderr
+  for i, arm in enumerate(("tc", "window", "full"), 1):
+    assert f"[{i}/3] {arm}: training 2 steps, fresh" in first.stdout, first.stdout
+    assert re.search(rf"^\[{i}/3\] {arm}: trained in \d+ s; evaluating", first.stdout, re.M)
+    assert re.search(rf"^{arm} +\d\.\d{{3}}", first.stdout, re.M)  # its table row
+  reused = run(*args, "--reuse")
+  assert reused.returncode == 0, reused.stderr
+  assert "[1/3] tc: training 2 steps, reusing the earlier run in" in reused.stdout
+  assert "resuming from the checkpoint of step 2" in reused.stdout
+  again = run(*args)  # fresh by default: the earlier runs are replaced, not resumed
+  assert again.returncode == 0 and "replaced the earlier run" in again.stdout
+  assert "resuming" not in again.stdout
