@@ -7,6 +7,11 @@ token by token), so baselines trained dense are evaluated with their inference w
 writes ``<workdir>/eval_nll.csv`` with rows ``mode, context_length, nll_all, nll_far, nll_vfar,
 nll_ge_<m>W..., tokens, tokens_per_s, cache_bytes, peak_device_bytes``; ``--source=recall``
 writes ``<workdir>/eval_recall.csv`` with accuracy per distance bin and number of pairs.
+
+``--seq_shards=N`` evaluates NLL with the parallel forward instead, its positions split over
+``N`` devices (sequence parallelism: a context no single device holds). It equals the
+streaming pass wherever training and streaming share their semantics (``compat`` and
+``memory_mode`` exact, L1 trained windowed or ``full``) and refuses other models.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import time
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from tensorcache import checkpoint, cli, data, inference
+from tensorcache import checkpoint, cli, data, inference, sharding
 from tensorcache.config import ModelConfig
 from tensorcache.model import GPT
+from tensorcache.train_step import forward
 
 
 def _nbytes(tree) -> int:
@@ -53,6 +60,37 @@ def streaming_logprobs(model: GPT, params, inputs, targets, *, chunk: int = 256,
   return np.concatenate(out)[:n]
 
 
+def sharded_logprobs(cfg: ModelConfig, params, inputs, targets, seq: int, *, batch: int = 8):
+  """Per-token log-likelihood ``[N, T]`` from the parallel forward, positions split over
+  ``seq`` devices (mesh ``data x seq`` over every device), ``batch`` rows per call.
+
+  Raises ``ValueError`` for a model whose parallel forward differs from its streaming one.
+  """
+  if cfg.compat != "exact" or cfg.memory_mode != "exact" or not (cfg.train_window or cfg.mechanism == "full"):
+    raise ValueError("--seq_shards needs the parallel forward to equal streaming: compat='exact', "
+                     "memory_mode='exact' and train_window=True (or mechanism='full').")
+  mesh = sharding.make_mesh(-1, 1, seq=seq)
+  rows = sharding.batch_shards(mesh)
+  batch = -(-min(batch, inputs.shape[0]) // rows) * rows
+
+  @jax.jit
+  def logprobs(params, inputs, targets):
+    inputs, targets = (sharding.to_seq_layout(x, mesh, cfg.seq_balanced) for x in (inputs, targets))
+    logits = forward(params, inputs, cfg, mesh)[0]
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return sharding.from_seq_layout(jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0], mesh,
+                                    cfg.seq_balanced)
+
+  n = inputs.shape[0]
+  pad = -n % batch
+  inputs, targets = (np.concatenate([x, np.repeat(x[:1], pad, 0)]) for x in (inputs, targets))
+  out = []
+  for i in range(0, inputs.shape[0], batch):
+    part = sharding.shard_batch({"inputs": inputs[i:i + batch], "targets": targets[i:i + batch]}, mesh)
+    out.append(np.asarray(logprobs(params, part["inputs"], part["targets"])))
+  return np.concatenate(out)[:n]
+
+
 def stratified_nll(nll, weights, window: int, multiples: Sequence[float] = (1, 4)) -> dict[str, float]:
   """Mean NLL over all positions and over positions ``>= m * W`` (``far``: m=1, ``vfar``: m=4)."""
   pos = np.arange(nll.shape[1])[None]
@@ -65,8 +103,10 @@ def stratified_nll(nll, weights, window: int, multiples: Sequence[float] = (1, 4
 
 
 def evaluate_nll(cfg: ModelConfig, params, data_config, context_lengths: Sequence[int], *, num_windows: int = 8,
-                 multiples: Sequence[float] = (1, 4), chunk: int = 256, min_len: int | None = None) -> list[dict]:
-  """One row per context length: stratified NLL, throughput and memory of the streaming pass."""
+                 multiples: Sequence[float] = (1, 4), chunk: int = 256, min_len: int | None = None,
+                 seq_shards: int = 0) -> list[dict]:
+  """One row per context length: stratified NLL, throughput and memory of the streaming pass
+  (of the parallel forward split over ``seq_shards`` devices when that is > 0)."""
   rows = []
   window = cfg.window if cfg.mechanism != "full" else 1
   for length in context_lengths:
@@ -74,9 +114,13 @@ def evaluate_nll(cfg: ModelConfig, params, data_config, context_lengths: Sequenc
     model = GPT(fit)
     win = data.make_eval_windows(data_config, seq_len=length, num_windows=num_windows,
                                  min_len=None if min_len is None else min(min_len, length))
-    streaming_logprobs(model, params, win["inputs"][:8], win["targets"][:8], chunk=chunk)  # compile
+    if seq_shards:
+      run = lambda x, y: sharded_logprobs(fit, params, x, y, seq_shards)
+    else:
+      run = lambda x, y: streaming_logprobs(model, params, x, y, chunk=chunk)
+    run(win["inputs"][:8], win["targets"][:8])  # compile
     t0 = time.perf_counter()
-    logp = streaming_logprobs(model, params, win["inputs"], win["targets"], chunk=chunk)
+    logp = run(win["inputs"], win["targets"])
     seconds = time.perf_counter() - t0
     row = {"mode": cfg.mechanism, "context_length": length}
     row.update(stratified_nll(-logp, win["weights"], window, multiples))
@@ -137,6 +181,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("distance_max", 0, "Recall: maximum filler (0: fixed distance).")
   flags.DEFINE_integer("seq_len", 512, "Recall: example length (default: the run's).")
   flags.DEFINE_integer("chunk", 256, "Prefill chunk.")
+  flags.DEFINE_integer("seq_shards", 0, "NLL from the parallel forward split over this many devices (0: stream).")
   flags.DEFINE_string("output", "", "CSV path (default: <workdir>/eval_<nll|recall>.csv).")
 
 
@@ -162,7 +207,8 @@ def main(argv):
     name = "recall"
   else:
     rows = evaluate_nll(cfg, params, base, [int(x) for x in f.context_lengths], num_windows=f.num_windows,
-                        multiples=[float(m) for m in f.multiples], chunk=f.chunk, min_len=f.min_len)
+                        multiples=[float(m) for m in f.multiples], chunk=f.chunk, min_len=f.min_len,
+                        seq_shards=f.seq_shards)
     name = "nll"
   path = f.output or os.path.join(f.workdir, f"eval_{name}.csv")
   write_csv(path, rows)

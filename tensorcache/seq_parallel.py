@@ -121,23 +121,26 @@ def window_attention(q, k, v, *, axis: str, window: int, num_sinks: int = 0, q_s
   ns, m = num_sinks, window - 1
   start = jax.lax.axis_index(axis) * T
 
-  def extend(x, own_only=False):
-    if own_only:  # queries: only the shard's own rows are read back
-      return jnp.concatenate([jnp.zeros((B, ns + m) + x.shape[2:], x.dtype), x], axis=1)
-    parts = ([_first(x, ns, axis)] if ns else []) + [preceding(x, m, axis), x]
-    return jnp.concatenate(parts, axis=1)
-
   L = ns + m + T
   g0 = start - m
   a = jnp.clip(g0, 0, ns)
   d = ns - a + jnp.maximum(0, -g0)
-  idx = jnp.arange(L)
-  src = jnp.minimum(jnp.where(idx < a, idx, idx + d), L - 1)
-  compact = lambda x: jnp.take(x, src, axis=1)
-  q_e, k_e, v_e = compact(extend(q, True)), compact(extend(k)), compact(extend(v))
-  qs_e = None if q_sink is None else compact(extend(q_sink, True))
-  out = dispatch.l1_attention(q_e, k_e, v_e, window=window, num_sinks=ns, q_sink=qs_e, block=block, impl=impl)
-  return jax.lax.dynamic_slice_in_dim(out, ns + m - d, T, axis=1)
+  at = ns + m - d  # where the shard's own positions land
+
+  def keys(x):
+    x = jnp.concatenate(([_first(x, ns, axis)] if ns else []) + [preceding(x, m, axis), x], axis=1)
+    if not ns:  # a shift left by d (the tail refilled with zeros)
+      return jax.lax.dynamic_slice_in_dim(jnp.pad(x, ((0, 0), (0, m)) + ((0, 0),) * (x.ndim - 2)), d, L, axis=1)
+    idx = jnp.arange(L)
+    return jnp.take(x, jnp.minimum(jnp.where(idx < a, idx, idx + d), L - 1), axis=1)
+
+  def queries(x):  # only the shard's own rows are read back
+    return jax.lax.dynamic_update_slice_in_dim(jnp.zeros((B, L) + x.shape[2:], x.dtype), x, at, axis=1)
+
+  qs_e = None if q_sink is None else queries(q_sink)
+  out = dispatch.l1_attention(queries(q), keys(k), keys(v), window=window, num_sinks=ns, q_sink=qs_e, block=block,
+                              impl=impl)
+  return jax.lax.dynamic_slice_in_dim(out, at, T, axis=1)
 
 
 def _block_update(carry, q, k, v, q_pos, k_pos):
@@ -220,12 +223,12 @@ def memory_scan(q, k, v, g_TH, eta_H, *, normalizer: bool, axis: str, rule: str,
   decay_read = jnp.exp(G - g_TH if read_first else G)  # [T, H]: e^{G_i} of the read state
   g_last = gather(G[-1], 1)  # [H, N]
   if rule == "delta":
+    # Value columns evolve independently under the delta rule, so one scan of the widened
+    # state [A | Phi] from [0 | I] with values [v | 0] gives both (the key side is shared).
     eye = jnp.broadcast_to(jnp.eye(D, dtype=f32), zeros.shape)
-    two = lambda a, b: jnp.concatenate([a, b], axis=0)
-    r2, qz0, A2, zf = dispatch.l2_scan(two(q, q), two(k, k), two(v, jnp.zeros_like(v)), g_TH, eta_H,
-                                       two(zeros, eye), None if z0 is None else two(z0, z0), **kw)
-    r0, R, Psi, Phi = r2[:B], r2[B:], A2[:B], A2[B:]
-    qz0, zf = (None, None) if z0 is None else (qz0[:B], zf[:B])
+    wide = jnp.concatenate([v.astype(f32), jnp.zeros(v.shape, f32)], axis=-1)
+    r2, qz0, A2, zf = dispatch.l2_scan(q, k, wide, g_TH, eta_H, jnp.concatenate([zeros, eye], axis=-1), z0, **kw)
+    r0, R, Psi, Phi = r2[..., :D], r2[..., D:], A2[..., :D], A2[..., D:]
     S = memory._matrix_states(gather(Phi, 2), gather(Psi, 2), zeros)  # [B, H, N + 1, D, D]
   else:
     r0, qz0, Psi, zf = dispatch.l2_scan(q, k, v, g_TH, eta_H, zeros, z0, **kw)

@@ -228,3 +228,19 @@ def test_train_steps_on_seq_2_equal_seq_1(mechanism):
   two = losses(config, sharding.make_mesh(-1, 1, seq=2))  # data 4 x seq 2
   assert np.ptp(one) > 1e-3  # the steps trained
   np.testing.assert_allclose(two, one, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def test_sharded_evaluation_equals_streaming():
+  """Long-context NLL from the parallel forward split over seq = 4 equals the streaming pass."""
+  from tensorcache import evaluate
+  cfg, tokens, params = model_case("tc_delta")
+  inputs = np.asarray(tokens)
+  targets = np.roll(inputs, -1, axis=1)
+  want = evaluate.streaming_logprobs(GPT(cfg), params, inputs, targets, chunk=8, batch=4)
+  got = evaluate.sharded_logprobs(cfg, params, inputs, targets, 4, batch=4)
+  assert_close(got, want)
+  with pytest.raises(ValueError, match="seq_shards"):
+    evaluate.sharded_logprobs(cfg.replace(compat="reference"), params, inputs, targets, 4)
