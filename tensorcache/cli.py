@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from typing import Callable
 
 DEBUG_ENV = "TENSORCACHE_DEBUG"
@@ -71,18 +72,46 @@ def quiet_logs(verbose: bool) -> None:
     handler.addFilter(_Quiet())
 
 
+def start_backends(verbose: bool) -> None:
+  """Initialises JAX's backends now, with the C++ messages of the accelerator probe (libtpu
+  prints several lines on a machine without a TPU) held back unless ``verbose``; they are
+  shown if initialisation fails. Multi-host runs call it after ``jax.distributed.initialize``."""
+  import jax
+
+  if verbose:
+    jax.devices()
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    try:
+      jax.devices()
+    except Exception:
+      os.dup2(saved, 2)
+      held.seek(0)
+      sys.stderr.write(held.read().decode(errors="replace"))
+      raise
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
 def _exit_interrupted(error) -> None:
   print(error, file=sys.stderr, flush=True)
   sys.exit(128 + int(error.signum))
 
 
-def guard(main: Callable, debug: bool, verbose: bool, *args, **kwargs):
-  """Calls ``main(*args, **kwargs)`` with quiet logs and the one-line error handling."""
+def guard(main: Callable, debug: bool, verbose: bool, *args, start: bool = True):
+  """Calls ``main(*args)`` with quiet logs and the one-line error handling; ``start``:
+  initialise the backends quietly first (``start_backends``)."""
   from tensorcache.train import Interrupted
 
   quiet_logs(verbose)
   try:
-    return main(*args, **kwargs)
+    if start:
+      start_backends(verbose)
+    return main(*args)
   except Interrupted as e:
     _exit_interrupted(e)
   except _user_errors() as e:
@@ -106,15 +135,16 @@ def _parse(argv: list[str]):
     fail(e, "--debug" in argv)
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """``absl.app.run(main)`` with ``--debug`` / ``--verbose`` and the one-line errors."""
+def run(main: Callable[[list[str]], None], start: bool = True) -> None:
+  """``absl.app.run(main)`` with ``--debug`` / ``--verbose`` and the one-line errors;
+  ``start=False`` leaves the backends to ``main`` (``start_backends``)."""
   from absl import app, flags
 
   flags.DEFINE_bool("debug", False, f"Show the full traceback of an error (also {DEBUG_ENV}=1).")
   flags.DEFINE_bool("verbose", False, "Show library INFO logs (orbax saves/restores, JAX's backend probe).")
 
   def wrapped(argv):
-    return guard(main, flags.FLAGS.debug, flags.FLAGS.verbose, argv)
+    return guard(main, flags.FLAGS.debug, flags.FLAGS.verbose, argv, start=start)
 
   app.run(wrapped, flags_parser=_parse)
 

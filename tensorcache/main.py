@@ -23,9 +23,10 @@ def main(argv):
   if config.train.distributed:
     import jax  # noqa: PLC0415
     jax.distributed.initialize()  # before anything touches a backend
+  cli.start_backends(flags.FLAGS.verbose)
   from tensorcache import train  # noqa: PLC0415 - after the distributed runtime is up
   train.train(config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, start=False)

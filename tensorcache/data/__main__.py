@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
       p.add_argument("--max-docs", type=int, default=None)
   cli.add_arguments(parser)
   args = parser.parse_args(argv)
-  return cli.guard(_run, args.debug, args.verbose, args)
+  return cli.guard(_run, args.debug, args.verbose, args, start=False)  # no JAX needed
 
 
 def _run(args) -> int:
