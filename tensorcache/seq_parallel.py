@@ -161,36 +161,51 @@ def _block_update(carry, q, k, v, q_pos, k_pos):
   return m_new, l, acc
 
 
-def ring_attention(q, k, v, q_pos: Int[Array, "T"], *, axis: str, block: int = 128) -> Float[Array, "B T H D"]:
+def ring_attention(q, k, v, q_pos: Int[Array, "T"], *, axis: str, block: int = 128,
+                   balanced: bool = False) -> Float[Array, "B T H D"]:
   """Full causal attention over the ring: step ``j`` scores the shard's queries against the
   key/value block of shard ``i - j`` (sent one hop per step by ``ppermute``, the next block
   in flight while this one is scored) under the causal mask of their global positions.
 
   Queries go in blocks of ``block`` rows, each block's update rematerialised in the backward
-  pass, so memory is ``O(T block)`` per head, never ``T x T``. Any layout: with the
-  balanced one every shard has the same number of visible pairs at every step.
+  pass, so memory is ``O(T block)`` per head, never ``T x T``. Any layout is exact. With the
+  ``balanced`` (zigzag) layout, a step ``j > 0`` scores only what is visible: from an earlier
+  shard (``i - j >= 0``) every query sees the block's first half and none of its second;
+  from a later one only the second half of the queries sees it, all of it. Both are half a
+  block, so every shard does the same work at every step.
   """
   B, T, H, D = q.shape
   n = jax.lax.axis_size(axis)
-  Q = min(block, T)
+  half = T // 2
+  Q = min(block, half if balanced else T)
+  if balanced and half % Q:
+    Q = half
   nb = -(-T // Q)
   pad = nb * Q - T
   qb = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(B, nb, Q, H, D).swapaxes(0, 1)
   qp = jnp.pad(q_pos, (0, pad), constant_values=-1).reshape(nb, Q)  # padded rows see nothing
   update = jax.checkpoint(_block_update)
 
-  def over_blocks(carry, k_blk, v_blk, k_pos):
+  def over_blocks(carry, k_blk, v_blk, k_pos, rows=slice(None)):
     def body(_, xs):
       c, q_, p_ = xs
       return None, update(c, q_, k_blk, v_blk, p_, k_pos)
-    return jax.lax.scan(body, None, (carry, qb, qp))[1]
+    part = jax.lax.scan(body, None, (jax.tree.map(lambda x: x[rows], carry), qb[rows], qp[rows]))[1]
+    return jax.tree.map(lambda x, y: x.at[rows].set(y), carry, part)
 
   carry = (jnp.full((nb, B, H, Q), NEG_INF, f32), jnp.zeros((nb, B, H, Q), f32), jnp.zeros((nb, B, Q, H, D), f32))
   kv = (k, v, q_pos)
   perm = [(i, (i + 1) % n) for i in range(n)]
+  i = jax.lax.axis_index(axis)
   for j in range(n):
     nxt = jax.lax.ppermute(kv, axis, perm) if j + 1 < n else None
-    carry = over_blocks(carry, *kv)
+    if balanced and j > 0:
+      k_, v_, p_ = kv
+      earlier = lambda c: over_blocks(c, k_[:, :half], v_[:, :half], p_[:half])
+      later = lambda c: over_blocks(c, k_, v_, p_, slice(nb // 2, None))
+      carry = jax.lax.cond(i >= j, earlier, later, carry)
+    else:
+      carry = over_blocks(carry, *kv)
     kv = nxt
   m, l, acc = carry
   out = acc / jnp.maximum(l, jnp.finfo(f32).tiny).transpose(0, 1, 3, 2)[..., None]
