@@ -123,17 +123,17 @@ def plot_recall(results: str) -> list[str]:
       ax.plot(mid, [s[0] for s in stats], marker="o", color=c, label=f"{name} ({stats[0][3]} seeds)")
       ax.fill_between(mid, [s[1] for s in stats], [s[2] for s in stats], color=c, alpha=0.15, lw=0)
     ax.axvline(1.0, color="gray", ls="--", lw=1)
-    ax.text(1.02, 0.95, f"W = {window}", color="gray", transform=ax.get_xaxis_transform())
+    ax.text(1.02, 0.72, f"W = {window}", color="gray", transform=ax.get_xaxis_transform())
     layers = run_config_value(results, "model", "n_layer")
     if layers and layers > 1:  # stacked windows see L W tokens back: window-only's receptive field
       ax.axvline(float(layers), color="gray", ls=":", lw=1)
-      ax.text(layers + 0.02, 0.88, f"{layers} layers x W", color="gray", transform=ax.get_xaxis_transform())
+      ax.text(layers + 0.02, 0.72, f"{layers} layers x W", color="gray", transform=ax.get_xaxis_transform())
     if chance:
       ax.axhline(chance, color="k", ls=":", lw=1)
       ax.text(0.02, chance + 0.01, "chance", fontsize=8)
     ax.set(xlabel="distance from stored pair to its query (multiples of W)", ylabel="answer accuracy",
            ylim=(0, 1.02), title="Associative recall vs distance (mean; band: min-max over seeds)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     out.append(_save(fig, os.path.join(results, "recall_distance.png")))
 
   if summary:
@@ -222,13 +222,14 @@ def plot_memory_capacity(results: str) -> list[str]:
     axes[0].axhline(1 / (1 - r0["lambda_init"]), color="k", ls=":", lw=1, label="at init")
     axes[1].axhline(r0["eta_init"], color="k", ls=":", lw=1)
     axes[2].axhline(1 / (1 + math.exp(-r0["gate_init"])), color="k", ls=":", lw=1)
-    axes[0].set(title="horizon 1/(1 - lambda) per head", xlabel="head", yscale="log")
+    axes[0].set(title="horizon 1/(1 - lambda) per head (tokens)", xlabel="head")
     axes[1].set(title="write rate eta per head", xlabel="head")
     axes[2].set(title="gate sigma(g) per layer", xlabel="layer", ylim=(0, 1))
     axes[2].set_xticks(range(len(layers)), [str(x) for x in layers])
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"Learned memory parameters ({r0['arm']}: recall tc, {r0['train_steps']} steps); "
-                 "dotted: initial value", fontsize=10)
+    axes[0].set_ylim(0, 1.35 * max(r["horizon"] for r in learned))
+    axes[0].legend(fontsize=7, loc="upper center", ncol=3)
+    fig.suptitle(f"Learned memory parameters of the recall model (tc, outer rule, seed {r0['seed']}, "
+                 f"{r0['train_steps']} steps); dotted: initial value", fontsize=10)
     out.append(_save(fig, os.path.join(results, "learned.png")))
   return out
 
@@ -346,6 +347,12 @@ def summarize(experiment: str, results: str) -> list[str]:
       if far:
         parts.append(f"acc_beyond_2W {sum(far) / len(far):.3f} (min {min(far):.3f}, max {max(far):.3f})")
       lines.append(f"{name}: {len(rows)} seeds; " + "; ".join(parts))
+    pairs = defaultdict(lambda: defaultdict(list))
+    for r in read_csv(os.path.join(results, "pairs.csv")):
+      pairs[group_name(r)][r["num_pairs"]].append(r["accuracy"])
+    for name, by_n in sorted(pairs.items()):
+      lines.append(f"{name}: accuracy beyond W by stored pairs: "
+                   + ", ".join(f"{n}: {sum(v) / len(v):.3f}" for n, v in sorted(by_n.items())))
   if experiment == "memory_capacity":
     cap = read_csv(os.path.join(results, "capacity.csv"))
     for rule in ("outer", "delta", "wedge"):

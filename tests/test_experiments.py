@@ -48,8 +48,10 @@ def _check_smoke(experiment: str, out) -> None:
   else:
     rows = {int(r["length"]): r for r in _rows(out / "systems.csv")}
     assert [rows[n]["status"] for n in sorted(rows)] == ["ok", "ok", "probe"]
-    assert all(rows[n]["logits_finite"] == "True" and float(rows[n]["decode_tok_s"]) > 0 for n in rows)
-    assert float(rows[512]["prefill_tok_s"]) > 0 and float(rows[512]["ttft_s"]) > 0
+    assert all(rows[n]["logits_finite"] == "True" for n in rows)
+    for n in (256, 512):  # timed; the probe only allocates and runs one segment
+      assert float(rows[n]["prefill_tok_s"]) > 0 and float(rows[n]["ttft_s"]) > 0 and float(rows[n]["decode_tok_s"]) > 0
+    assert rows[1024]["decode_tok_s"] == "" and int(rows[1024]["prompt_tokens_run"]) == 256
     # full attention: the cache grows with the prompt it must hold.
     assert int(rows[1024]["cache_bytes"]) > int(rows[512]["cache_bytes"]) > int(rows[256]["cache_bytes"])
 
