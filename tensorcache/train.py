@@ -196,8 +196,8 @@ def train(config, workdir: str, *, make_iterator: Callable[..., DataIterator] | 
   run_meta = json.loads(config.to_json_best_effort())
 
   pending = None  # (step, device metrics) not read yet
-  try:
-    with _StopOnSignal() as stop:
+  with _StopOnSignal() as stop:  # also around the final wait: a second signal exits at once
+    try:
       for step in range(start + 1, total_steps + 1):
         host = next(it)
         _check_batch(host, gbatch // nproc, seq_len, cfg.vocab_size, step)
@@ -227,9 +227,9 @@ def train(config, workdir: str, *, make_iterator: Callable[..., DataIterator] | 
           raise Interrupted(step, stop.signum or signal.SIGTERM)
       if pending is not None:
         report.read(*pending)
-  finally:
-    profiler.stop()
-    mngr.wait_until_finished()  # an interrupted run still completes its last save
-    mngr.close()
-    report.close()
+    finally:
+      profiler.stop()
+      mngr.wait_until_finished()  # an interrupted run still completes its last save
+      mngr.close()
+      report.close()
   return state
