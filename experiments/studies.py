@@ -245,6 +245,9 @@ def _memory_stats() -> dict:
               bytes_limit=stats.get("bytes_limit"))
 
 
+REPEATS = 3  # timed runs of a short prefill and of the decode loop (the median is kept)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 4), donate_argnums=2)
 def decode_loop(model: GPT, params, cache, tok_B, steps: int):
   """``steps`` greedy decode steps (``GPT.extend`` on one token) in one ``lax.scan``."""
@@ -285,13 +288,19 @@ def systems_point(model: GPT, params, length: int, s, probe: bool) -> dict:
   jax.block_until_ready(jnp.argmax(logits, -1).astype(jnp.int32))  # compiles the first-token op too
   del warm, logits
   warmup_s = time.perf_counter() - t0  # the compile, when this model has not run yet
-  cache = inference.init_cache(cfg, 1)
-  t0 = time.perf_counter()
-  for i in range(0, tokens.shape[1], seg):
-    logits, cache = inference.prefill(model, params, tokens[:, i:i + seg], cache, chunk=int(s.chunk))
-  first = jnp.argmax(logits, -1).astype(jnp.int32)
-  first.block_until_ready()
-  ttft = time.perf_counter() - t0
+  # Short prompts run REPEATS times (median; each on a fresh cache): a few milliseconds are
+  # otherwise at the mercy of one scheduling hiccup.
+  times = []
+  for _ in range(1 if probe or length > 16 * seg else REPEATS):
+    cache = logits = None  # the previous run's cache is freed before the next is allocated
+    cache = inference.init_cache(cfg, 1)
+    t0 = time.perf_counter()
+    for i in range(0, tokens.shape[1], seg):
+      logits, cache = inference.prefill(model, params, tokens[:, i:i + seg], cache, chunk=int(s.chunk))
+    first = jnp.argmax(logits, -1).astype(jnp.int32)
+    first.block_until_ready()
+    times.append(time.perf_counter() - t0)
+  ttft = float(np.median(times))
   after_prefill = _memory_stats()
   row = dict(length=length, status="probe" if probe else "ok", prompt_tokens_run=int(tokens.shape[1]),
              cache_bytes=_nbytes(cache), logits_finite=bool(np.isfinite(np.asarray(logits, np.float32)).all()),
@@ -300,16 +309,19 @@ def systems_point(model: GPT, params, length: int, s, probe: bool) -> dict:
   if probe:
     row.update(peak_bytes=_memory_stats()["peak_bytes"], bytes_limit=after_prefill["bytes_limit"])
     return row
-  row.update(ttft_s=ttft, prefill_tok_s=length / ttft)
+  row.update(ttft_s=ttft, prefill_tok_s=length / ttft, prefill_runs=len(times))
   steps = int(s.decode_steps)
   t0 = time.perf_counter()
   toks, cache = decode_loop(model, params, cache, first, steps)  # compiles (once per cache shape)
   last = jax.block_until_ready(toks[-1])  # (the eager slice compiles too: outside the timing)
   row["decode_first_call_s"] = round(time.perf_counter() - t0, 2)
-  t0 = time.perf_counter()
-  toks, cache = decode_loop(model, params, cache, last, steps)
-  jax.block_until_ready(toks)
-  decode_s = time.perf_counter() - t0
+  times = []
+  for _ in range(REPEATS):
+    t0 = time.perf_counter()
+    toks, cache = decode_loop(model, params, cache, last, steps)
+    last = jax.block_until_ready(toks[-1])
+    times.append(time.perf_counter() - t0)
+  decode_s = float(np.median(times))
   row.update(decode_tok_s=steps / decode_s, decode_ms_per_token=1e3 * decode_s / steps)
   mem = _memory_stats()
   row.update(peak_bytes=mem["peak_bytes"], bytes_limit=mem["bytes_limit"])
@@ -328,7 +340,7 @@ def systems(config, workdir: str) -> list[dict]:
   base = dict(table="systems", mechanism=cfg.mechanism, rule=cfg.rule if cfg.mechanism == "tc" else "",
               window=cfg.window, params=int(n_params), dtype=cfg.dtype, batch=1, segment=int(s.segment),
               chunk=int(s.chunk), decode_steps=int(s.decode_steps))
-  extra = 2 * int(s.decode_steps)  # decode positions the full cache must hold (warm + timed)
+  extra = (1 + REPEATS) * int(s.decode_steps)  # decode positions the full cache must hold (warm + timed)
   power = 2 if cfg.mechanism == "full" else 1
   model_w = GPT(cfg)  # the windowed mechanisms: one model, one compile for every length
   rows, prev, probing = [], None, False

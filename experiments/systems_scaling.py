@@ -22,7 +22,8 @@ vocabulary (50304): 124M parameters, random weights, batch 1, delta rule. Per pr
 (2K, 8K, 32K, 128K, 512K, 1M, ascending): the prompt (random tokens) is streamed through
 ``inference.prefill`` in segments of 2048 tokens (chunk 1024), one compiled call reused for
 every length; time to first token = the whole prefill plus the first greedy token, compiles
-excluded; decode = 32 greedy ``GPT.extend`` steps in one jitted scan after the prompt;
+excluded (the median of 3 runs up to 32K tokens, one run beyond); decode = 32 greedy
+``GPT.extend`` steps in one jitted scan after the prompt (the median of 3 such scans);
 device memory = bytes in use after the prefill and the process's peak so far (lengths run in
 ascending order, so it is that length's peak when memory grows with the length). Each arm
 stops at its first out-of-memory length. Lengths whose projected time no longer fits the
