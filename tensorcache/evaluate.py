@@ -198,6 +198,7 @@ def main(argv):
     if f[name].present or name not in base:
       base[name] = f[name].value
   seq_len = f.seq_len if f["seq_len"].present else run.get("train", {}).get("seq_len", f.seq_len)
+  print(f"{cfg.mechanism} model of step {step} from {f.workdir}; evaluating on {base['source']}", flush=True)
   if base["source"] in data.TASKS:
     rows = []
     pairs = f.num_pairs if f["num_pairs"].present or "num_pairs" not in base else [base["num_pairs"]]
