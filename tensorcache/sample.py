@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from tensorcache import checkpoint, cli, inference
 from tensorcache.data import get_tokenizer
