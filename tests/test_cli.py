@@ -148,3 +148,10 @@ def test_demo_prints_a_line_per_arm_and_starts_fresh_unless_reuse(tmp_path):
   again = run(*args)  # fresh by default: the earlier runs are replaced, not resumed
   assert again.returncode == 0 and "replaced the earlier run" in again.stdout
   assert "resuming" not in again.stdout
+
+
+def test_non_finite_training_is_one_line_naming_the_step(tmp_path):
+  proc = run("main", *TRAIN, "--config.optim.lr=1e30", "--config.optim.warmup_steps=0",
+             "--config.optim.clip=0.0", f"--workdir={tmp_path}")
+  assert_one_line_error(proc, r"non-finite training at step 1: .*param_norm=inf.*no checkpoint had been saved")
+  assert checkpoint.manager(str(tmp_path), create=False).all_steps() == []
