@@ -49,7 +49,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 GPT124M = dict(n_layer=12, n_head=12, d_model=768, vocab_size=50304, dtype="bfloat16")
-SMOKE = dict(n_layer=2, n_head=2, d_model=64, vocab_size=256, dtype="float32")
+SMOKE = dict(n_layer=2, n_head=2, d_model=64, vocab_size=256, dtype="bfloat16")
 
 
 def case_main(case: dict) -> dict:

@@ -137,6 +137,9 @@ def splash_attention(
   mesh, axes = _batch_mesh(q_BTHD)
   if mesh is None:
     return local(q_BTHD, k_BTHD, v_BTHD)
+  if mesh.manual_axes:  # inside sequence parallelism's shard_map: the kernel's own shard_map
+    # (check_vma=False) would drop the outer axes from the types of its output and gradient.
+    raise NotImplementedError("splash inside an outer shard_map")
   shards = int(np.prod([mesh.shape[a] for a in axes]))
   if q_BTHD.shape[0] % shards:
     raise NotImplementedError(f"batch {q_BTHD.shape[0]} does not split over {shards} devices")

@@ -219,6 +219,10 @@ def seq_sharded(fn: Callable, mesh: Mesh) -> Callable:
   """
 
   def per_shard(params, tokens):
+    # Typed varying here, in float32: the gradient's sum over the shards is then one float32
+    # psum of each parameter, never one of the compute dtype's copies (XLA:CPU crashes on a
+    # bf16 all-reduce inside a partly manual shard_map: "Invalid binary instruction opcode copy").
+    params = jax.tree.map(lambda p: jax.lax.pcast(p, (SEQ,), to="varying"), params)
     out, scalars = fn(params, tokens)
     return out, jax.tree.map(lambda s: jax.lax.pmean(s, SEQ), scalars)
 
