@@ -107,7 +107,7 @@ def run_case(case: dict, timeout_s: float) -> dict:
   if p.returncode or not lines:
     tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
     oom = any("RESOURCE_EXHAUSTED" in l or "out of memory" in l.lower() for l in (p.stderr or "").splitlines())
-    return dict(case, error=("out of memory: " if oom else "") + " | ".join(tail)[-400:],
+    return dict(case, error=("out of memory: " if oom else "") + f"exit {p.returncode}: " + " | ".join(tail)[-400:],
                 wall_s=time.perf_counter() - t0)
   return dict(json.loads(lines[-1]), wall_s=time.perf_counter() - t0)
 

@@ -59,9 +59,15 @@ def cudnn_attention(
   if D % 8 or D > 256:
     raise NotImplementedError(f"cuDNN attention needs a head dim <= 256 and a multiple of 8, got {D}")
   window = _effective_window(window, T)
-  return jax.nn.dot_product_attention(
-      q_BTHD, k_BTHD, v_BTHD, scale=1.0 / float(np.sqrt(D)), is_causal=True,
+  # cuDNN's masked backward takes even lengths only, and rejects others while the gradient
+  # is traced, too late for the fallback: pad to a multiple of 64 at the end (causal, so
+  # no real query sees the padding).
+  Tp = -(-T // 64) * 64
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, Tp - T), (0, 0), (0, 0)))
+  out = jax.nn.dot_product_attention(
+      pad(q_BTHD), pad(k_BTHD), pad(v_BTHD), scale=1.0 / float(np.sqrt(D)), is_causal=True,
       local_window_size=None if window is None else (window - 1, 0), implementation="cudnn")
+  return out[:, :T]
 
 
 def _splash_block(T: int) -> int:

@@ -334,7 +334,7 @@ GPU_W = 64
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("T_", [512, 300], ids=["T512", "T300"])
+@pytest.mark.parametrize("T_", [512, 300, 301], ids=["T512", "T300", "T301"])  # 301: padded (odd)
 @pytest.mark.parametrize("window", [GPU_W, GPU_W + 1, None], ids=["W", "W+1", "full"])
 def test_cudnn_bf16_equals_dense(window, T_):
   shape = (2, T_, 4, 64)
