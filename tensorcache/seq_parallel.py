@@ -81,13 +81,18 @@ def preceding(x_BTF: Float[Array, "B T ..."], m: int, axis: str) -> Float[Array,
 
 def delayed(x_BTF: Float[Array, "B T ..."], shift: int, axis: str) -> Float[Array, "B T ..."]:
   """``x'[:, i] = x[:, i - shift]`` in global positions (zeros before the sequence): the
-  eviction stream a shard writes, ``shift`` positions behind its queries."""
-  T = x_BTF.shape[1]
-  if shift == 0:
-    return x_BTF
-  if shift >= T:
-    return preceding(x_BTF, shift, axis)[:, :T]
-  return jnp.concatenate([preceding(x_BTF, shift, axis), x_BTF[:, :T - shift]], axis=1)
+  eviction stream a shard writes, ``shift`` positions behind its queries. With
+  ``shift = s T + r`` that is the last ``r`` positions of shard ``i - s - 1`` and the first
+  ``T - r`` of shard ``i - s``: two ``ppermute``s of exactly those, whatever the shift."""
+  T, n = x_BTF.shape[1], jax.lax.axis_size(axis)
+  s, r = divmod(shift, T)
+
+  def hop(y, j):
+    perm = [(i, i + j) for i in range(n - j)]
+    return y if j == 0 else jax.lax.ppermute(y, axis, perm) if perm else jnp.zeros_like(y)
+
+  parts = ([hop(x_BTF[:, T - r:], s + 1)] if r else []) + [hop(x_BTF[:, :T - r], s)]
+  return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
 
 def _zeros(shape, axis: str):
