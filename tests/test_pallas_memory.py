@@ -2,7 +2,7 @@
 oracle, in Pallas interpret mode on CPU: reads, final states and the gradients of every
 input (q, k, v, log decays, write rate, initial states), every rule, both read orders, with
 and without the read normaliser, T not a multiple of the kernel's chunk, D = 32 / 64 / 128,
-float32 and bf16 inputs; the TPU kernels also compiled ahead of time for a v5e topology
+float32 and bf16 inputs; the TPU kernels also compiled ahead of time for v5e, v4 and v5p topologies
 (Mosaic lowering), and the dispatch seam's ``Impl.PALLAS``.
 
 On a machine whose default JAX backend is a GPU (``JAX_PLATFORMS=cuda,cpu``), the GPU-kernel
@@ -129,19 +129,21 @@ def test_dispatch_pallas_equals_xla():
     assert rel_err(a, b) < FWD_TOL
 
 
-@pytest.mark.parametrize("rule", ["delta", "wedge"])
-def test_tpu_kernels_compile_for_v5e(rule):
-  """Forward and backward TPU kernels pass Mosaic's lowering and compile for a v5e:2x2
-  topology, bf16 inputs, D = 128 (no TPU needed; skipped without libtpu)."""
+@pytest.mark.parametrize("rule,topology", [("delta", "v5e:2x2"), ("wedge", "v5e:2x2"), ("delta", "v4:2x2x1"),
+                                           ("delta", "v5p:2x2x1")])
+def test_tpu_kernels_compile(rule, topology):
+  """Forward and backward TPU kernels pass Mosaic's lowering and compile for v5e, v4 and
+  v5p topologies, bf16 inputs, D = 128 (no TPU needed; skipped without libtpu)."""
   if importlib.util.find_spec("libtpu") is None:
     pytest.skip("libtpu is not installed: no TPU ahead-of-time compile")
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+  from tensorcache import compile_tpu  # pylint: disable=g-import-not-at-top
   try:
-    devices = topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2").devices
+    devices = compile_tpu.topology_devices(topology)  # one device per chip (megacore v4 / v5p)
   except Exception as e:  # pylint: disable=broad-exception-caught
-    pytest.skip(f"libtpu cannot describe a v5e:2x2 topology here: {e}")
+    pytest.skip(f"libtpu cannot describe a {topology} topology here: {e}")
   mesh = Mesh(np.array(devices), ("b",))
   B, T, H, D = 4, 512, 2, 128
   specs = (P("b"),) * 3 + (P(), P(), P("b"), P("b"))
