@@ -95,9 +95,15 @@ def delayed(x_BTF: Float[Array, "B T ..."], shift: int, axis: str) -> Float[Arra
   return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
 
-def _zeros(shape, axis: str):
-  """float32 zeros typed as varying over ``axis`` (a scan carry that meets shard data)."""
-  return jax.lax.pcast(jnp.zeros(shape, f32), (axis,), to="varying")
+def _zeros(shape, like):
+  """float32 zeros typed as varying over the manual mesh axes ``like`` varies over (a scan
+  carry that meets shard data must have the data's type). The type's field is ``vma`` in
+  some JAX versions, ``manual_axis_type.varying`` in others."""
+  aval = jax.typeof(like)
+  mat = getattr(aval, "manual_axis_type", None)
+  axes = tuple(sorted(getattr(aval, "vma", None) or (mat.varying if mat is not None else ())))
+  z = jnp.zeros(shape, f32)
+  return jax.lax.pcast(z, axes, to="varying") if axes else z
 
 
 def _first(x_BTF, m: int, axis: str):
@@ -235,8 +241,8 @@ def memory_scan(q, k, v, g_TH, eta_H, *, normalizer: bool, axis: str, rule: str,
   """
   B, T, H, D = q.shape
   i = jax.lax.axis_index(axis)
-  zeros = _zeros((B, H, D, D), axis)
-  z0 = _zeros((B, H, D), axis) if normalizer else None
+  zeros = _zeros((B, H, D, D), q)
+  z0 = _zeros((B, H, D), q) if normalizer else None
   kw = dict(rule=rule, chunk=chunk, read_first=read_first, normalize_q=normalize_q, impl=impl)
   gather = lambda x, at: jax.lax.all_gather(x, axis, axis=at)
   G = jnp.cumsum(g_TH.astype(f32), axis=0)
@@ -275,7 +281,7 @@ def infini_scan(q, k, v, *, axis: str, rule: str, segment: int, impl=dispatch.Im
   covers the whole sequence (then every token reads the empty state, as on one device)."""
   B, T, H, D = q.shape
   n = jax.lax.axis_size(axis)
-  empty = InfiniState(*(_zeros(s, axis) for s in ((B, H, D, D), (B, H, D), (B, H, D, D), (B, H, D))))
+  empty = InfiniState(*(_zeros(s, q) for s in ((B, H, D, D), (B, H, D), (B, H, D, D), (B, H, D))))
   if segment >= n * T:
     return dispatch.infini_scan(q, k, v, empty, rule=rule, segment=T, impl=impl)[0]
   if T % segment:

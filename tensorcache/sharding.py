@@ -12,9 +12,9 @@ Modules never see a mesh (STYLE.md habit 12). The trainer asks this module for:
   given a rule here;
 - ``batch_sharding(mesh)`` / ``shard_batch``: batches split over ``data x fsdp`` on their
   leading axis and over ``seq`` on the positions, assembled from each process's local rows;
-- ``seq_sharded(fn, mesh)``: ``fn`` run per ``seq`` shard under ``jax.shard_map`` (only
-  ``seq`` manual; ``data``/``fsdp`` stay automatic), the model built with
-  ``seq_axis=SEQ`` so its per-shard math (``seq_parallel.py``) exchanges what it needs;
+- ``seq_sharded(fn, mesh)``: ``fn`` run per device under ``jax.shard_map`` (every axis
+  manual), the model built with ``seq_axis=SEQ`` so its per-shard math
+  (``seq_parallel.py``) exchanges what it needs;
   ``to_seq_layout`` / ``from_seq_layout``: the zigzag order of balanced causal attention.
 
 Version-sensitive calls (mesh axis types) live here only.
@@ -208,23 +208,26 @@ def from_seq_layout(x, mesh: Mesh, balanced: bool):
 
 
 def seq_sharded(fn: Callable, mesh: Mesh) -> Callable:
-  """``fn(params, tokens) -> (per_token, scalars)`` run per ``seq`` shard.
+  """``fn(params, tokens) -> (per_token, scalars)`` run per device, the positions split over
+  ``seq`` and the rows over ``data x fsdp``.
 
-  ``tokens [B, T]`` (in ``to_seq_layout`` order) reach ``fn`` as this shard's ``[B, T / n]``
-  and ``params`` whole along ``seq``; only ``seq`` is manual, so ``data`` / ``fsdp`` keep
-  sharding the batch and the parameters as outside, and the gradient of ``params`` is summed
-  over the shards by the ``shard_map`` transpose. ``per_token [B, T / n, ...]`` come back as
-  ``[B, T, ...]``; ``scalars`` (any pytree) are averaged over the shards. ``fn`` must build its
-  model with ``seq_axis=SEQ``.
+  Every mesh axis is manual: ``tokens [B, T]`` (in ``to_seq_layout`` order) reach ``fn`` as
+  this device's ``[B / (data fsdp), T / seq]`` and ``params`` whole (gathered at the boundary
+  when FSDP shards them: within the step each device holds all parameters). The gradient of
+  ``params`` is summed over the devices by the ``shard_map`` transpose, in float32.
+  ``per_token [b, T / seq, ...]`` come back as ``[B, T, ...]``; ``scalars`` (any pytree) are
+  averaged over the devices. ``fn`` must build its model with ``seq_axis=SEQ``.
+
+  (A ``shard_map`` with only ``seq`` manual compiled on CPU but crashed XLA's GPU compiler,
+  jax 0.11.2 on H200s, ``results/seq_parallel/``.)
   """
 
   def per_shard(params, tokens):
-    # Typed varying here, in float32: the gradient's sum over the shards is then one float32
-    # psum of each parameter, never one of the compute dtype's copies (XLA:CPU crashes on a
-    # bf16 all-reduce inside a partly manual shard_map: "Invalid binary instruction opcode copy").
-    params = jax.tree.map(lambda p: jax.lax.pcast(p, (SEQ,), to="varying"), params)
+    # Typed varying here, in float32: the gradient's sum over devices is one float32 psum
+    # per parameter, never one of the compute dtype's copies (a bf16 all-reduce inside a
+    # shard_map crashed XLA:CPU: "Invalid binary instruction opcode copy").
+    params = jax.tree.map(lambda p: jax.lax.pcast(p, AXES, to="varying"), params)
     out, scalars = fn(params, tokens)
-    return out, jax.tree.map(lambda s: jax.lax.pmean(s, SEQ), scalars)
+    return out, jax.tree.map(lambda s: jax.lax.pmean(s, AXES), scalars)
 
-  return jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(None, SEQ)), out_specs=(P(None, SEQ), P()),
-                       axis_names={SEQ})
+  return jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(BATCH, SEQ)), out_specs=(P(BATCH, SEQ), P()))
