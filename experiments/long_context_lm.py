@@ -11,14 +11,21 @@ attention is the reference point whose cache grows with the context.
 Arms: ``full window sinks infini tc``, the ``medium`` preset (6 layers / 6 heads / 384,
 trained at 512 tokens, W = 256, bf16, batch 32, 2000 steps), byte-level Jane Austen (the
 offline stand-in for PG-19: ``python scripts/install_corpora.py austen`` first); ``smoke``
-(the tiny model on the CPython standard library, 3 steps). Evaluation: 8 held-out windows per
+(the tiny model on the CPython standard library, 3 steps); ``cpu_<mechanism>``, the same
+study at CPU size: the ``tiny`` preset (2 layers / 2 heads / 64, W = 16), trained 1500 steps
+on 8 x 256 bytes of the CPython standard library (real text that needs no download),
+evaluated at 256-4096 bytes (16-256 W; 4096 is 16x the trained length). Evaluation: 8 held-out windows per
 context length 1K-32K streamed through the cache (the chunked prefill equals token-by-token
 decoding), NLL stratified with one W = 256 for every mechanism: all positions, >= m W for
 m in 0.5-64, and per distance bin.
 
 Hardware and time: one H100/H200, about 6 minutes per arm (training 33M tokens at the
 ~90k tokens/s measured for this preset in results/gpu_train_medium, then the evaluation);
-not run yet. A CPU run is impractical.
+not run yet. The ``cpu_*`` arms: 2 CPU cores, a few minutes each:
+
+  python -m experiments.run --experiment=long_context_lm --arms=cpu_full,cpu_window,cpu_sinks,cpu_infini,cpu_tc \
+      --out=results/long_context_lm_cpu
+  python -m experiments.plot --experiment=long_context_lm --results=results/long_context_lm_cpu
 """
 
 from __future__ import annotations
@@ -66,11 +73,23 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+def cpu(mechanism: str) -> ml_collections.ConfigDict:
+  """The study at CPU size (the ``cpu_*`` arms)."""
+  config = lm_config("tiny", mechanism, "stdlib", 1500)
+  config.train.update(seq_len=256, batch_size=8)
+  config.model.max_len = 4096  # full attention's cache must hold the longest context
+  config.study.update(context_lengths=(256, 512, 1024, 2048, 4096), eval_windows=4, eval_chunk=256)
+  return config
+
+
 def get_config(arm: str | None = None) -> ml_collections.ConfigDict:
   arm = arm or "smoke"  # the default needs no installed corpus (the config test trains it)
-  if arm not in MECHANISMS + ("smoke",):
+  if arm not in sweep():
     raise ValueError(f"Unknown arm {arm!r}; choose one of {sweep()}.")
-  config = lm_config("medium", "tc" if arm == "smoke" else arm, "austen", 2000)
+  if arm.startswith("cpu_"):
+    config = cpu(arm[len("cpu_"):])
+  else:
+    config = lm_config("medium", "tc" if arm == "smoke" else arm, "austen", 2000)
   if arm == "smoke":
     config = smoke(config)
   config.lock()
@@ -78,4 +97,4 @@ def get_config(arm: str | None = None) -> ml_collections.ConfigDict:
 
 
 def sweep() -> list[str]:
-  return list(MECHANISMS) + ["smoke"]
+  return list(MECHANISMS) + [f"cpu_{m}" for m in MECHANISMS] + ["smoke"]
