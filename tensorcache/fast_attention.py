@@ -134,8 +134,9 @@ def splash_attention(
   XLA cannot partition a Mosaic kernel (and ``custom_partitioning`` does not reach the TPU
   compiler, jax-ml/jax#38196), so under a mesh known while tracing the kernel runs under
   ``jax.shard_map`` with the batch split over every free mesh axis (all of them manual,
-  size-1 axes too); it raises ``NotImplementedError`` when the batch does not divide. A jit over several devices with
-  no mesh in scope and uncommitted operands cannot be seen here: run it under
+  size-1 axes too); it raises ``NotImplementedError`` when the batch does not divide. A jit
+  over several devices with no mesh in scope and uncommitted operands cannot be seen here:
+  run it under
   ``jax.set_mesh(mesh)`` (otherwise lowering fails with "Mosaic kernels cannot be
   automatically partitioned").
   """
