@@ -136,9 +136,8 @@ def splash_attention(
   ``jax.shard_map`` with the batch split over every free mesh axis (all of them manual,
   size-1 axes too); it raises ``NotImplementedError`` when the batch does not divide. A jit
   over several devices with no mesh in scope and uncommitted operands cannot be seen here:
-  run it under
-  ``jax.set_mesh(mesh)`` (otherwise lowering fails with "Mosaic kernels cannot be
-  automatically partitioned").
+  run it under ``jax.set_mesh(mesh)`` (otherwise lowering fails with "Mosaic kernels cannot
+  be automatically partitioned").
   """
   local = functools.partial(_splash_local, window=window, interpret=interpret)
   mesh, axes = _batch_mesh(q_BTHD)
