@@ -301,6 +301,9 @@ def plot_lm(results: str) -> list[str]:
                 color=_color(arm, i), label=arm)
       ax.axvline(nll[0]["train_len"], color="gray", ls="--", lw=1)
       ax.set(xscale="log", xlabel="context length (tokens)", title=title)
+      contexts = sorted({r["context_length"] for r in nll})
+      ax.set_xticks(contexts, [str(c) for c in contexts])
+      ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
     axes[0].set_ylabel("NLL (nats/token)")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"NLL vs context ({nll[0]['source']}; dashed: trained length; W = {nll[0]['strata_W']})",
