@@ -136,6 +136,15 @@ IMPL_CASES = {
 }
 
 
+def _assert_grads_close(got, want, tol=1e-5):
+  """Every leaf of two gradient trees agrees to ``tol`` (relative), named by its path."""
+  flat_want = jax.tree_util.tree_leaves_with_path(want)
+  flat_got = jax.tree_util.tree_leaves(got)
+  assert len(flat_want) == len(flat_got)
+  for (path, b), a in zip(flat_want, flat_got):
+    assert_close(a, b, tol, f"grad {jax.tree_util.keystr(path)}")
+
+
 @pytest.mark.parity
 @pytest.mark.parametrize("case", list(IMPL_CASES))
 def test_reference_and_xla_impls_agree(case):
@@ -150,11 +159,7 @@ def test_reference_and_xla_impls_agree(case):
   (loss_xla, l_xla), g_xla = value_and_grad(GPT(cfg.replace(impl="xla")), params, toks)
   assert_close(l_xla, l_ref, 1e-5, "logits")
   assert_close(loss_xla, loss_ref, 1e-5, "loss")
-  flat_ref = jax.tree_util.tree_leaves_with_path(g_ref)
-  flat_xla = jax.tree_util.tree_leaves(g_xla)
-  assert len(flat_ref) == len(flat_xla)
-  for (path, b), a in zip(flat_ref, flat_xla):
-    assert_close(a, b, 1e-5, f"grad {jax.tree_util.keystr(path)}")
+  _assert_grads_close(g_xla, g_ref)
   if cfg.mechanism == "tc":  # the memory matters (same compiled function, gate closed)
     (_, l_closed), _ = value_and_grad(GPT(cfg.replace(impl="xla")), _closed(cfg, params), toks)
     assert_differs(l_xla, l_closed, what="memory on vs off")
@@ -178,11 +183,7 @@ def test_remat_changes_nothing(case, remat):
   (loss, _), g = value_and_grad(GPT(cfg), params, toks)
   (loss_r, _), g_r = value_and_grad(GPT(cfg.replace(remat=remat)), params, toks)
   assert_close(loss_r, loss, 1e-6, "loss")
-  flat = jax.tree_util.tree_leaves_with_path(g)
-  flat_r = jax.tree_util.tree_leaves(g_r)
-  assert len(flat) == len(flat_r)
-  for (path, b), a in zip(flat, flat_r):
-    assert_close(a, b, 1e-5, f"grad {jax.tree_util.keystr(path)}")
+  _assert_grads_close(g_r, g)
 
 
 # ------------------------------------------------------------------ causality
