@@ -7,7 +7,8 @@ Figures per experiment (file names in ``FIGURES``): recall accuracy vs distance,
 accuracy per arm with every seed, accuracy vs stored pairs; memory capacity (top-1 retrieval
 and cosine vs pairs per dimension, per rule) and the learned decay horizon and gate; the
 systems curves (prefill rate, time to first token, decode rate, memory vs prompt length);
-NLL vs context length and vs distance (long_context_lm, ablations).
+NLL vs context length and vs distance (long_context_lm, ablations); the ablations' NLL per
+arm, grouped by what each group varies.
 """
 
 from __future__ import annotations
@@ -326,6 +327,57 @@ def plot_lm(results: str) -> list[str]:
   return out
 
 
+# Panels of the ablation figure: (title, arms in the order shown); ``exact`` is the base arm.
+ABLATION_GROUPS = (
+    ("training correction", ("exact", "reference", "chunk_mean", "chunk_mean_insert")),
+    ("chunk C, exact scan", ("exact_C8", "exact", "exact_C32", "exact_C64", "exact_C128")),
+    ("chunk C, chunk-mean", ("chunk_mean_C8", "chunk_mean", "chunk_mean_C32", "chunk_mean_C64",
+                             "chunk_mean_C128")),
+    ("window W", ("tc_W8", "exact", "tc_W32", "window_W8", "window", "window_W32")),
+    ("rule; frozen lambda / eta", ("exact", "rule_outer", "rule_wedge", "frozen")),
+    ("baselines: windowed vs dense training", ("exact", "window", "window_dense", "sinks", "sinks_dense", "full")),
+)
+
+
+def ablation_means(results: str) -> dict[str, dict[str, float]]:
+  """Per arm (``cpu_`` prefix dropped): NLL of all positions and of positions >= the arm's
+  W, each averaged over the evaluated context lengths (the same text for every arm)."""
+  by_arm = defaultdict(list)
+  for r in read_csv(os.path.join(results, "nll.csv")):
+    by_arm[r["arm"].removeprefix("cpu_")].append(r)
+  return {arm: {col: sum(float(r[col] if r[col] is not None else "nan") for r in rows) / len(rows)
+                for col in ("nll_all", "nll_far")} for arm, rows in by_arm.items()}
+
+
+def plot_ablations(results: str) -> list[str]:
+  out = plot_lm(results)
+  means = ablation_means(results)
+  if not means:
+    return out
+  plt = _plt()
+  fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+  for ax, (title, names) in zip(axes.flat, ABLATION_GROUPS):
+    names = [n for n in names if n in means]
+    y = range(len(names))
+    for dy, col, label, color in ((-0.2, "nll_all", "all positions", "C7"), (0.2, "nll_far", "positions >= W", "C0")):
+      vals = [means[n][col] for n in names]
+      ax.barh([i + dy for i in y], vals, height=0.4, color=color, label=label)
+      if "exact" in means:
+        ax.axvline(means["exact"][col], color=color, ls="--", lw=1)
+    vals = [v for n in names for c in ("nll_all", "nll_far") if math.isfinite(v := means[n][c])]
+    if vals:
+      pad = 0.15 * (max(vals) - min(vals)) + 0.01
+      ax.set_xlim(min(vals) - pad, max(vals) + pad)
+    ax.set_yticks(list(y), names)
+    ax.invert_yaxis()
+    ax.set(title=title, xlabel="NLL (nats/token), mean over context lengths")
+  axes.flat[0].legend(fontsize=7, loc="lower right")
+  contexts = sorted({r["context_length"] for r in read_csv(os.path.join(results, "nll.csv"))})
+  fig.suptitle(f"Ablations (dashed: the exact arm); contexts {', '.join(map(str, contexts))} tokens", fontsize=10)
+  out.append(_save(fig, os.path.join(results, "ablations.png")))
+  return out
+
+
 def summarize(experiment: str, results: str) -> list[str]:
   """The headline numbers the README's table quotes, as lines of text."""
   lines = []
@@ -369,6 +421,16 @@ def summarize(experiment: str, results: str) -> list[str]:
       errs = [c["scan_vs_recurrence"] for c in cap if c["rule"] == rule and c["write"] == "exact"]
       if errs:
         lines.append(f"{rule}: chunked scan vs per-token recurrence, max relative error {max(errs):.2e}")
+  if experiment == "ablations":
+    means = ablation_means(results)
+    base = means.get("exact")
+    for title, names in ABLATION_GROUPS:
+      parts = []
+      for n in (n for n in names if n in means):
+        m = means[n]
+        delta = f" ({m['nll_far'] - base['nll_far']:+.3f} vs exact)" if base and n != "exact" else ""
+        parts.append(f"{n} {m['nll_all']:.3f} / {m['nll_far']:.3f}{delta}")
+      lines.append(f"{title} (NLL all / >= W, mean over contexts): " + "; ".join(parts))
   return lines
 
 
@@ -377,7 +439,7 @@ FIGURES = {
     "memory_capacity": plot_memory_capacity,
     "systems_scaling": plot_systems_scaling,
     "long_context_lm": plot_lm,
-    "ablations": plot_lm,
+    "ablations": plot_ablations,
 }
 
 
