@@ -13,7 +13,7 @@ analysis, and compile time.
 
 A train step that does not fit (the compiler refuses it, or its total exceeds the HBM) ends
 the command with exit status 2 and one line on stderr naming the largest per-chip batch that
-compiles within the HBM (found by compiling: halving, then bisection). ``--search`` finds
+compiles within the HBM (found by compiling: ``search_batch``). ``--search`` finds
 that largest batch even when the configured one fits (``docs/tpu.md``'s fit table);
 ``--table`` prints the result as one row of that table.
 """
@@ -25,6 +25,7 @@ import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 
 # Compiling for a topology needs no local TPU: keep JAX off any TPU this host has, and let
 # a second process (another compile, a test worker) load libtpu alongside.
@@ -49,7 +50,12 @@ MEGACORE = ("v4", "v5p")
 
 
 class DoesNotFit(Exception):
-  """The compiler refused a step for lack of memory, or its total exceeds the chip's HBM."""
+  """The compiler refused a step for lack of memory, or its total exceeds the chip's HBM
+  (``total``: the compiled step's bytes per chip; None when the compiler refused it)."""
+
+  def __init__(self, message: str, total: int | None = None):
+    super().__init__(message)
+    self.total = total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +123,7 @@ def _compile(name: str, lowered_fn, hbm: int) -> Compiled:
   out = Compiled(name, mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
                  mem.temp_size_in_bytes, float(cost.get("flops", float("nan"))), seconds)
   if out.total > hbm:
-    raise DoesNotFit(f"{name}: {out.total / GiB:.2f} GiB per chip > {hbm / GiB:.2f} GiB HBM")
+    raise DoesNotFit(f"{name}: {out.total / GiB:.2f} GiB per chip > {hbm / GiB:.2f} GiB HBM", out.total)
   return out
 
 
@@ -168,35 +174,74 @@ def compile_inference(config: ml_collections.ConfigDict, devices: list, hbm: int
             _compile("decode", lambda: decode.lower(model, params, cache, step_tokens), hbm)]
 
 
+def search_batch(fits: Callable[[int], bool], start: int, unit: int, hbm: int, sizes: dict[int, int]) -> int:
+  """The largest multiple ``b`` of ``unit`` with ``fits(b)`` (0 if not even ``unit`` fits),
+  for ``fits`` monotone (true up to some batch, false beyond).
+
+  ``fits`` records in ``sizes`` the bytes per chip of every batch it compiled (fitting or
+  not; a step the compiler refused has none). Memory grows about linearly with the batch, so
+  once two sizes are known the next batch tried is where the line through the two nearest
+  the HBM crosses it, kept strictly inside the interval still unknown; after two guesses in a
+  row that did not halve that interval comes a bisection, so the search takes at most about
+  three times bisection's compiles (four in all when memory is exactly linear). Before two
+  sizes are known: halving from ``start`` while it does not fit, doubling while it does. The
+  answer is a batch that fits next to one that does not (or to 0), both compiled.
+  """
+  lo, hi = 0, None  # the largest batch known to fit (0: none yet), the smallest known not to
+  b, guessed, slow = start, False, 0  # slow: guesses in a row that did not halve the interval
+  while True:
+    width = None if hi is None else hi - lo
+    if fits(b):
+      lo = b
+    else:
+      hi = b
+    if hi is not None and hi - lo <= unit:
+      return lo
+    slow = slow + 1 if guessed and width is not None and 2 * (hi - lo) > width else 0
+    b, guessed = _next_batch(lo, hi, unit, hbm, sizes, bisect=slow >= 2)
+    slow = 0 if not guessed else slow
+
+
+def _next_batch(lo: int, hi: int | None, unit: int, hbm: int, sizes: dict[int, int],
+                bisect: bool) -> tuple[int, bool]:
+  """The next batch ``search_batch`` compiles (strictly between ``lo`` and ``hi``) and
+  whether it is a guess from the sizes."""
+  top = None if hi is None else hi - unit
+  if not bisect and len(sizes) >= 2:
+    (b1, m1), (b2, m2) = sorted(sorted(sizes.items(), key=lambda bm: abs(bm[1] - hbm))[:2])
+    if m2 > m1:
+      guess = (b1 + (hbm - m1) * (b2 - b1) // (m2 - m1)) // unit * unit
+      guess = max(lo + unit, guess if top is None else min(guess, top))
+      return guess, True
+  if hi is None:
+    return 2 * lo, False
+  if lo == 0:
+    return max(unit, hi // 2 // unit * unit), False
+  return (lo + hi) // 2 // unit * unit, False
+
+
 def largest_fitting(config: ml_collections.ConfigDict, devices: list, hbm: int, start: int,
-                    at_start: Compiled | None) -> tuple[int, Compiled | None]:
+                    at_start: Compiled | DoesNotFit) -> tuple[int, Compiled | None]:
   """The largest per-chip batch (a multiple of ``optim.accum_steps``) whose train step fits,
-  and its compile: from ``start`` (whose compile is ``at_start``, None if it does not fit)
-  halving while it does not fit, or doubling while it does, then bisecting between the last
-  fit and the first failure. ``(0, None)``: nothing fits."""
-  unit = int(config.optim.accum_steps)
-  memo: dict[int, Compiled | None] = {start: at_start}
+  and its compile, by ``search_batch`` from ``start`` (``at_start``: the outcome of compiling
+  it). ``(0, None)``: nothing fits."""
+  fitted = isinstance(at_start, Compiled)
+  memo: dict[int, Compiled | None] = {start: at_start if fitted else None}
+  sizes: dict[int, int] = {start: at_start.total} if at_start.total is not None else {}
 
   def fits(b: int) -> bool:
     if b not in memo:
       try:
         memo[b] = compile_train(with_batch(config, b, len(devices)), devices, hbm)
-      except DoesNotFit:
+        sizes[b] = memo[b].total
+      except DoesNotFit as e:
         memo[b] = None
+        if e.total is not None:
+          sizes[b] = e.total
     return memo[b] is not None
 
-  lo, hi = (start, None) if at_start else (None, start)
-  while lo is None and hi > unit:
-    b = max(unit, (hi // 2) // unit * unit)
-    lo, hi = (b, hi) if fits(b) else (None, b)
-  if lo is None:
-    return 0, None
-  while hi is None:
-    lo, hi = (2 * lo, None) if fits(2 * lo) else (lo, 2 * lo)
-  while hi - lo > unit:
-    mid = (lo + hi) // 2 // unit * unit
-    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-  return lo, memo.get(lo)
+  best = search_batch(fits, start, int(config.optim.accum_steps), hbm, sizes)
+  return best, memo.get(best)
 
 
 def fit_or_exit(config: ml_collections.ConfigDict, topology: str, devices: list, hbm: int) -> Compiled:
@@ -207,7 +252,7 @@ def fit_or_exit(config: ml_collections.ConfigDict, topology: str, devices: list,
   try:
     return compile_train(config, devices, hbm)
   except DoesNotFit as e:
-    best, _ = largest_fitting(config, devices, hbm, per_chip, None)
+    best, _ = largest_fitting(config, devices, hbm, per_chip, e)
     fix = (f"the largest that fits is {best} per chip: --config.train.batch_size={best * chips}" if best
            else "not even one sequence per chip fits: raise --config.train.mesh.fsdp")
     print(f"does not fit on {topology}: {per_chip} sequences of {seq_len} per chip ({e}); {fix}", file=sys.stderr)
@@ -240,10 +285,10 @@ def main(argv) -> None:
         f"fsdp={config.train.mesh.fsdp}; batch {per_chip} x {config.train.seq_len} tokens per chip")
   if FLAGS.search:  # from the configured batch, up or down
     try:
-      step = compile_train(config, devices, hbm)
-    except DoesNotFit:
-      step = None
-    per_chip, step = largest_fitting(config, devices, hbm, per_chip, step)
+      outcome = compile_train(config, devices, hbm)
+    except DoesNotFit as e:
+      outcome = e
+    per_chip, step = largest_fitting(config, devices, hbm, per_chip, outcome)
     if step is None:
       print(f"does not fit on {topology}: not even one sequence per chip", file=sys.stderr)
       sys.exit(2)

@@ -18,6 +18,7 @@ import os
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -88,3 +89,52 @@ def test_size_one_mesh_axis_compiles(compile_tpu, devices):
   hbm = compile_tpu.hbm_bytes(TOPOLOGY)
   step = compile_tpu.compile_train(small_run("window", fsdp=1), devices, hbm)
   assert 0 < step.total <= hbm
+
+
+# ------------------------------------------------------------------ the batch search (no libtpu needed)
+
+
+def _search(sizes_fn, start, unit, hbm, report_sizes=True):
+  """``compile_tpu.search_batch`` over a fake compiler whose step at batch ``b`` takes
+  ``sizes_fn(b)`` bytes; returns (answer, the batches compiled)."""
+  from tensorcache import compile_tpu as module  # pylint: disable=g-import-not-at-top
+
+  compiled, sizes = [], {}
+
+  def fits(b):
+    assert b > 0 and b % unit == 0, b
+    assert b not in compiled, f"batch {b} compiled twice"
+    compiled.append(b)
+    if report_sizes:
+      sizes[b] = sizes_fn(b)
+    return sizes_fn(b) <= hbm
+
+  return module.search_batch(fits, start, unit, hbm, sizes), compiled
+
+
+def _brute_force(sizes_fn, unit, hbm):
+  b = 0
+  while sizes_fn(b + unit) <= hbm:
+    b += unit
+  return b
+
+
+def test_batch_search_finds_the_largest_fitting_batch_in_few_compiles():
+  """Memory linear in the batch (a constant plus a per-sequence cost): the answer in at most
+  four compiles from any start; curved memory and compilers that report no sizes (a refused
+  step) still get the exact answer, in a bounded number of compiles."""
+  rng = np.random.default_rng()
+  for _ in range(300):
+    unit = int(rng.choice([1, 2, 4]))
+    fixed, per_row = int(rng.integers(1, 10**9)), int(rng.integers(10**6, 10**9))
+    curve = int(rng.integers(0, 10**6))
+    hbm = fixed + per_row * int(rng.integers(0, 300)) + int(rng.integers(0, per_row))
+    start = unit * int(rng.integers(1, 64))
+    linear = lambda b: fixed + per_row * b
+    curved = lambda b: fixed + per_row * b + curve * b * b
+    for sizes_fn, report, most in ((linear, True, 4), (curved, True, 24), (linear, False, 24)):
+      answer, compiled = _search(sizes_fn, start, unit, hbm, report)
+      assert answer == _brute_force(sizes_fn, unit, hbm), (unit, start, compiled)
+      assert len(compiled) <= most, (unit, start, compiled)
+      if answer:  # the answer and the next batch were both compiled
+        assert answer in compiled and answer + unit in compiled
