@@ -296,10 +296,17 @@ def plot_lm(results: str) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, col, title in ((axes[0], "nll_all", "all positions"), (axes[1], "nll_far", "positions >= W")):
       for i, arm in enumerate(arms):
-        rows = sorted((r for r in nll if _arm_label(r) == arm and r.get(col) is not None),
-                      key=lambda r: r["context_length"])
-        ax.plot([r["context_length"] for r in rows], [r[col] for r in rows], marker="o",
-                color=_color(arm, i), label=arm)
+        by_length = defaultdict(list)  # several seeds: their mean, and their range as the bar
+        for r in nll:
+          if _arm_label(r) == arm and r.get(col) is not None:
+            by_length[r["context_length"]].append(r[col])
+        lengths = sorted(by_length)
+        mean = [sum(by_length[n]) / len(by_length[n]) for n in lengths]
+        err = [[m - min(by_length[n]) for m, n in zip(mean, lengths)],
+               [max(by_length[n]) - m for m, n in zip(mean, lengths)]]
+        seeds = max(len(v) for v in by_length.values())
+        ax.errorbar(lengths, mean, yerr=err if seeds > 1 else None, marker="o", capsize=2,
+                    color=_color(arm, i), label=arm + (f" ({seeds} seeds)" if seeds > 1 else ""))
       ax.axvline(nll[0]["train_len"], color="gray", ls="--", lw=1)
       ax.set(xscale="log", xlabel="context length (tokens)", title=title)
       contexts = sorted({r["context_length"] for r in nll})
@@ -316,8 +323,12 @@ def plot_lm(results: str) -> list[str]:
     arms = sorted({_arm_label(r) for r in rows})
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for i, arm in enumerate(arms):
-      mine = sorted((r for r in rows if _arm_label(r) == arm), key=lambda r: r["distance_lo_W"])
-      ax.plot([max(r["distance_lo_W"], 0.25) for r in mine], [r["nll"] for r in mine], marker="o",
+      by_bin = defaultdict(list)  # mean over seeds
+      for r in rows:
+        if _arm_label(r) == arm:
+          by_bin[r["distance_lo_W"]].append(r["nll"])
+      bins = sorted(by_bin)
+      ax.plot([max(b, 0.25) for b in bins], [sum(by_bin[b]) / len(by_bin[b]) for b in bins], marker="o",
               color=_color(arm, i), label=arm)
     ax.axvline(1.0, color="gray", ls="--", lw=1)
     ax.set(xscale="log", xlabel="position, bin start (multiples of W; first bin at 0)", ylabel="NLL (nats/token)",
@@ -356,22 +367,23 @@ def plot_ablations(results: str) -> list[str]:
     return out
   plt = _plt()
   fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+  styles = (("nll_all", "all positions", "C7"), ("nll_far", "positions >= W", "C0"))
   for ax, (title, names) in zip(axes.flat, ABLATION_GROUPS):
     names = [n for n in names if n in means]
-    y = range(len(names))
-    for dy, col, label, color in ((-0.2, "nll_all", "all positions", "C7"), (0.2, "nll_far", "positions >= W", "C0")):
-      vals = [means[n][col] for n in names]
-      ax.barh([i + dy for i in y], vals, height=0.4, color=color, label=label)
+    if not names:
+      ax.set(title=title, xticks=[], yticks=[])
+      ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
+      continue
+    for col, label, color in styles:
+      ax.plot([means[n][col] for n in names], range(len(names)), "o", color=color, label=label)
       if "exact" in means:
         ax.axvline(means["exact"][col], color=color, ls="--", lw=1)
-    vals = [v for n in names for c in ("nll_all", "nll_far") if math.isfinite(v := means[n][c])]
-    if vals:
-      pad = 0.15 * (max(vals) - min(vals)) + 0.01
-      ax.set_xlim(min(vals) - pad, max(vals) + pad)
-    ax.set_yticks(list(y), names)
-    ax.invert_yaxis()
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.grid(axis="x", lw=0.3)
     ax.set(title=title, xlabel="NLL (nats/token), mean over context lengths")
-  axes.flat[0].legend(fontsize=7, loc="lower right")
+  handles, labels = axes.flat[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="upper right", fontsize=8)
   contexts = sorted({r["context_length"] for r in read_csv(os.path.join(results, "nll.csv"))})
   fig.suptitle(f"Ablations (dashed: the exact arm); contexts {', '.join(map(str, contexts))} tokens", fontsize=10)
   out.append(_save(fig, os.path.join(results, "ablations.png")))
@@ -421,6 +433,26 @@ def summarize(experiment: str, results: str) -> list[str]:
       errs = [c["scan_vs_recurrence"] for c in cap if c["rule"] == rule and c["write"] == "exact"]
       if errs:
         lines.append(f"{rule}: chunked scan vs per-token recurrence, max relative error {max(errs):.2e}")
+  if experiment == "long_context_lm":
+    by = defaultdict(lambda: defaultdict(dict))  # mechanism -> context -> seed -> NLL of positions >= W
+    for r in read_csv(os.path.join(results, "nll.csv")):
+      if r.get("nll_far") is not None:
+        by[r["mechanism"]][r["context_length"]][r["seed"]] = r["nll_far"]
+    for mech, per_len in sorted(by.items()):
+      parts = []
+      for n, seeds in sorted(per_len.items()):
+        v = list(seeds.values())
+        m = sum(v) / len(v)
+        sd = math.sqrt(sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1))
+        parts.append(f"{n}: {m:.3f}" + (f" +- {sd:.3f} ({len(v)} seeds)" if len(v) > 1 else ""))
+      lines.append(f"{mech} NLL >= W by context: " + ", ".join(parts))
+    if "tc" in by and "window" in by:  # paired by seed and context (the same text)
+      diffs = [by["tc"][n][s] - by["window"][n][s] for n in by["tc"] for s in by["tc"][n]
+               if s in by["window"].get(n, {})]
+      if diffs:
+        lines.append(f"tc - window, NLL >= W, per seed and context ({len(diffs)} pairs): mean "
+                     f"{sum(diffs) / len(diffs):+.4f}, min {min(diffs):+.4f}, max {max(diffs):+.4f}, "
+                     f"tc lower in {sum(d < 0 for d in diffs)}")
   if experiment == "ablations":
     means = ablation_means(results)
     base = means.get("exact")
