@@ -15,17 +15,17 @@ offline stand-in for PG-19: ``python scripts/install_corpora.py austen`` first);
 study at CPU size: the ``tiny`` preset (2 layers / 2 heads / 64, W = 16), trained 1500 steps
 on 8 x 256 bytes of the CPython standard library (real text that needs no download),
 evaluated at 256-4096 bytes (16-256 W; 4096 is 16x the trained length), seed 0, and
-``cpu_tc_s<k>`` / ``cpu_window_s<k>`` for seeds 1 and 2 (the same held-out text). Evaluation: 8 held-out windows per
-context length 1K-32K streamed through the cache (the chunked prefill equals token-by-token
-decoding), NLL stratified with one W = 256 for every mechanism: all positions, >= m W for
-m in 0.5-64, and per distance bin.
+``cpu_tc_s<k>`` / ``cpu_window_s<k>`` for seeds 1 and 2 (the same held-out text).
+Evaluation: 8 held-out windows per context length 1K-32K streamed through the cache (the
+chunked prefill equals token-by-token decoding), NLL stratified with one W = 256 for every
+mechanism: all positions, >= m W for m in 0.5-64, and per distance bin.
 
 Hardware and time: one H100/H200, about 6 minutes per arm (training 33M tokens at the
 ~90k tokens/s measured for this preset in results/gpu_train_medium, then the evaluation);
 not run yet. The ``cpu_*`` arms: 2 CPU cores, a few minutes each:
 
-  python -m experiments.run --experiment=long_context_lm --arms=cpu_full,cpu_window,cpu_sinks,cpu_infini,cpu_tc \
-      --out=results/long_context_lm_cpu
+  python -m experiments.run --experiment=long_context_lm --arms=cpu_full,cpu_window,cpu_sinks,cpu_infini,cpu_tc,\
+cpu_tc_s1,cpu_window_s1,cpu_tc_s2,cpu_window_s2 --out=results/long_context_lm_cpu
   python -m experiments.plot --experiment=long_context_lm --results=results/long_context_lm_cpu
 """
 

@@ -78,6 +78,12 @@ def group_name(row: dict) -> str:
   return name
 
 
+def _mean_sd(vals: list[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for a single value)."""
+  mean = sum(vals) / len(vals)
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / max(len(vals) - 1, 1))
+
+
 def _color(name: str, i: int) -> str:
   return COLORS.get(name, f"C{5 + i % 5}")
 
@@ -350,11 +356,12 @@ ABLATION_GROUPS = (
 )
 
 
-def ablation_means(results: str) -> dict[str, dict[str, float]]:
-  """Per arm (``cpu_`` prefix dropped): NLL of all positions and of positions >= the arm's
-  W, each averaged over the evaluated context lengths (the same text for every arm)."""
+def ablation_means(nll: list[dict]) -> dict[str, dict[str, float]]:
+  """Per arm of ``nll.csv``'s rows (``cpu_`` prefix dropped): NLL of all positions and of
+  positions >= the arm's W, each averaged over the evaluated context lengths (the same text
+  for every arm)."""
   by_arm = defaultdict(list)
-  for r in read_csv(os.path.join(results, "nll.csv")):
+  for r in nll:
     by_arm[r["arm"].removeprefix("cpu_")].append(r)
   return {arm: {col: sum(float(r[col] if r[col] is not None else "nan") for r in rows) / len(rows)
                 for col in ("nll_all", "nll_far")} for arm, rows in by_arm.items()}
@@ -362,7 +369,8 @@ def ablation_means(results: str) -> dict[str, dict[str, float]]:
 
 def plot_ablations(results: str) -> list[str]:
   out = plot_lm(results)
-  means = ablation_means(results)
+  nll = read_csv(os.path.join(results, "nll.csv"))
+  means = ablation_means(nll)
   if not means:
     return out
   plt = _plt()
@@ -384,7 +392,7 @@ def plot_ablations(results: str) -> list[str]:
     ax.set(title=title, xlabel="NLL (nats/token), mean over context lengths")
   handles, labels = axes.flat[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="upper right", fontsize=8)
-  contexts = sorted({r["context_length"] for r in read_csv(os.path.join(results, "nll.csv"))})
+  contexts = sorted({r["context_length"] for r in nll})
   fig.suptitle(f"Ablations (dashed: the exact arm); contexts {', '.join(map(str, contexts))} tokens", fontsize=10)
   out.append(_save(fig, os.path.join(results, "ablations.png")))
   return out
@@ -401,8 +409,7 @@ def summarize(experiment: str, results: str) -> list[str]:
       parts = []
       for col in ("acc_below_W", "acc_beyond_W"):
         vals = [r[col] for r in rows]
-        mean = sum(vals) / len(vals)
-        sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / max(len(vals) - 1, 1))
+        mean, sd = _mean_sd(vals)
         parts.append(f"{col} {mean:.3f} +- {sd:.3f} (min {min(vals):.3f}, max {max(vals):.3f})")
       far = []  # accuracy beyond 2W (the 2-layer window's receptive field), per seed
       for r in rows:
@@ -442,8 +449,7 @@ def summarize(experiment: str, results: str) -> list[str]:
       parts = []
       for n, seeds in sorted(per_len.items()):
         v = list(seeds.values())
-        m = sum(v) / len(v)
-        sd = math.sqrt(sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1))
+        m, sd = _mean_sd(v)
         parts.append(f"{n}: {m:.3f}" + (f" +- {sd:.3f} ({len(v)} seeds)" if len(v) > 1 else ""))
       lines.append(f"{mech} NLL >= W by context: " + ", ".join(parts))
     if "tc" in by and "window" in by:  # paired by seed and context (the same text)
@@ -454,7 +460,7 @@ def summarize(experiment: str, results: str) -> list[str]:
                      f"{sum(diffs) / len(diffs):+.4f}, min {min(diffs):+.4f}, max {max(diffs):+.4f}, "
                      f"tc lower in {sum(d < 0 for d in diffs)}")
   if experiment == "ablations":
-    means = ablation_means(results)
+    means = ablation_means(read_csv(os.path.join(results, "nll.csv")))
     base = means.get("exact")
     for title, names in ABLATION_GROUPS:
       parts = []

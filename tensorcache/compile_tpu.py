@@ -225,8 +225,7 @@ def largest_fitting(config: ml_collections.ConfigDict, devices: list, hbm: int, 
   """The largest per-chip batch (a multiple of ``optim.accum_steps``) whose train step fits,
   and its compile, by ``search_batch`` from ``start`` (``at_start``: the outcome of compiling
   it). ``(0, None)``: nothing fits."""
-  fitted = isinstance(at_start, Compiled)
-  memo: dict[int, Compiled | None] = {start: at_start if fitted else None}
+  memo: dict[int, Compiled | None] = {start: at_start if isinstance(at_start, Compiled) else None}
   sizes: dict[int, int] = {start: at_start.total} if at_start.total is not None else {}
 
   def fits(b: int) -> bool:
