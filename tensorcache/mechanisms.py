@@ -110,16 +110,15 @@ def tc_parallel(q, k, v, mp: MemoryParams, cfg: ModelConfig):
     shift = cfg.window
   else:
     shift = 0
-  if cfg.seq_axis is None:
-    qs = memory.shift_queries(q, shift)
-    valid = jnp.arange(T) < T - shift  # pairs written by the last position
+  if cfg.seq_axis is None:  # the stream stops at the last token that is evicted
+    qs, k, v = memory.eviction_stream(q, k, v, shift)
+    valid = jnp.ones(qs.shape[1], bool)
   elif mode == "exact":  # this shard's step i writes the token `shift` before its query i
     qs, k, v = q, seq_parallel.delayed(k, shift, cfg.seq_axis), seq_parallel.delayed(v, shift, cfg.seq_axis)
     valid = train_positions(T, cfg) >= shift
-    shift = 0
+    k = k * valid[None, :, None, None].astype(k.dtype)
   else:
     raise NotImplementedError(f"memory_mode={mode!r} under sequence parallelism; use 'exact'.")
-  k = k * valid[None, :, None, None].astype(k.dtype)
   v = _scaled_values(v, cfg)
   state = cache_lib.empty_memory(B, H, D, cfg.normalize_read, mp.alpha is not None)
   reads, finals = [], []
@@ -140,10 +139,13 @@ def tc_parallel(q, k, v, mp: MemoryParams, cfg: ModelConfig):
   if cfg.remat == "memory":  # the backward recomputes the scan from its inputs
     scan = jax.checkpoint(scan, policy=jax.checkpoint_policies.nothing_saveable)
   for log_lam, eta, A, z in _timescales(mp, state):
-    r, qz, A, _ = scan(qs, k, v, log_lam, eta, A, z)
-    r = memory.unshift_reads(r, shift)
+    if qs.shape[1] == 0:  # T <= shift: no query reads an evicted token yet
+      r, qz = jnp.zeros(q.shape, f32), None
+    else:
+      r, qz, A, _ = scan(qs, k, v, log_lam, eta, A, z)
+    r = memory.unshift_reads(r, T)
     if qz is not None:
-      r = _normalize_read(r, memory.unshift_reads(qz[..., None], shift)[..., 0], cfg)
+      r = _normalize_read(r, memory.unshift_reads(qz, T), cfg)
     reads.append(r)
     finals.append(A)
   return _combine(mp, reads), jnp.sqrt(jnp.sum(finals[0] ** 2, axis=(-2, -1))).mean()

@@ -10,7 +10,7 @@ Reads are ``r = q A``; the optional read normaliser carries ``z <- lam z + eta k
 reports ``q . z``. Every function here takes a *write stream*: ``k_BTHD[:, i]`` is the pair
 written at step ``i`` and ``q_BTHD[:, i]`` the query read at step ``i``, either after that
 write (``read_first=False``, the exact method) or before it (``read_first=True``, the
-reference's streaming order). Eviction-fed training aligns the stream by ``shift_queries``
+reference's streaming order). Eviction-fed training builds the stream with ``eviction_stream``
 (step ``i`` writes token ``i`` and reads query ``i + W``).
 
 Decay is carried as a per-step log decay ``g[i, h]`` (``log lam``, or 0 on padding and
@@ -95,20 +95,18 @@ def log_decay(log_lam_H: Float[Array, "H"], valid_T: Bool[Array, "T"]) -> Float[
   return jnp.where(valid_T[:, None], log_lam_H[None, :].astype(f32), 0.0)
 
 
-def shift_queries(x_BTHD: Float[Array, "B T H D"], shift: int) -> Float[Array, "B T H D"]:
-  """``x'[:, i] = x[:, i + shift]`` (zeros past the end): aligns queries with evictions."""
-  if shift == 0:
-    return x_BTHD
-  T = x_BTHD.shape[1]
-  return jnp.pad(x_BTHD[:, shift:], ((0, 0), (0, min(shift, T)), (0, 0), (0, 0)))
+def eviction_stream(q_BTHD, k_BTHD, v_BTHD, shift: int):
+  """The write stream of eviction-fed training: step ``i`` writes token ``i`` and reads query
+  ``i + shift``. Only ``T - shift`` steps (0 if ``shift >= T``) have a query to read: the
+  last ``shift`` tokens are never evicted, so the stream stops there."""
+  steps = max(q_BTHD.shape[1] - shift, 0)
+  return q_BTHD[:, shift:], k_BTHD[:, :steps], v_BTHD[:, :steps]
 
 
-def unshift_reads(r_BTHD: Float[Array, "B T H D"], shift: int) -> Float[Array, "B T H D"]:
-  """Inverse of ``shift_queries`` on the outputs: ``r[:, t] = r'[:, t - shift]``, 0 for t < shift."""
-  if shift == 0:
-    return r_BTHD
-  T = r_BTHD.shape[1]
-  return jnp.pad(r_BTHD[:, : max(T - shift, 0)], ((0, 0), (min(shift, T), 0), (0, 0), (0, 0)))
+def unshift_reads(r_BSHF: Float[Array, "B S H F"], T: int) -> Float[Array, "B T H F"]:
+  """Reads of an ``S``-step eviction stream placed at positions ``T - S .. T - 1``: ``r[:, t]
+  = r'[:, t - (T - S)]``, 0 before (positions with nothing evicted yet)."""
+  return jnp.pad(r_BSHF, [(0, 0), (T - r_BSHF.shape[1], 0)] + [(0, 0)] * (r_BSHF.ndim - 2))
 
 
 # ------------------------------------------------------------------ oracle
@@ -164,10 +162,31 @@ def _masked_decay(G_row, G_col, strict: bool) -> Float[Array, "H N C C"]:
   return jnp.where(mask, jnp.exp(jnp.where(mask, diff, 0.0)), 0.0)
 
 
+@jax.custom_vjp
 def _unit_lower_inverse(L_XCC):
-  """Inverse of unit lower-triangular matrices by block doubling: with the inverses of the two
-  diagonal blocks known, ``[[L11, 0], [L21, L22]]^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1,
-  L22^-1]]``. ``log2 C`` levels of batched matmuls (no sequential substitution)."""
+  """Inverse of unit lower-triangular matrices (only the strict lower triangle is read).
+
+  Forward by block doubling: with the inverses of the two diagonal blocks known,
+  ``[[L11, 0], [L21, L22]]^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1, L22^-1]]``, ``log2 C``
+  levels of batched matmuls (no sequential substitution). Backward in closed form,
+  ``dL = -L^-T dInv L^-T`` on the strict lower triangle: two matmuls, nothing saved but the
+  inverse (differentiating the doubling would save and replay every level)."""
+  return _doubling_inverse(L_XCC)
+
+
+def _unit_lower_inverse_fwd(L_XCC):
+  inv = _doubling_inverse(L_XCC)
+  return inv, inv
+
+
+def _unit_lower_inverse_bwd(inv, g):
+  return (jnp.tril(-_mm("...ji,...jk,...lk->...il", inv, g, inv), -1),)
+
+
+_unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)
+
+
+def _doubling_inverse(L_XCC):
   C = L_XCC.shape[-1]
   N = 1 << (C - 1).bit_length()
   lead = L_XCC.shape[:-2]

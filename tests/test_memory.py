@@ -63,17 +63,18 @@ def test_log_decay_zero_on_invalid_steps():
 
 
 @pytest.mark.parametrize("shift", [0, 1, 8, 36, 37, 50])
-def test_shift_queries_and_unshift_reads(shift):
-  x = normal(1, (B, T, H, D))
-  xs = memory.shift_queries(x, shift)
-  assert xs.shape == x.shape
+def test_eviction_stream_and_unshift_reads(shift):
+  q, k, v = (normal(s, (B, T, H, D)) for s in (1, 2, 3))
+  qs, ks, vs = memory.eviction_stream(q, k, v, shift)
   n = max(T - shift, 0)
-  np.testing.assert_array_equal(xs[:, :n], x[:, shift:])
-  np.testing.assert_array_equal(xs[:, n:], 0.0)
-  back = memory.unshift_reads(xs, shift)
-  assert back.shape == x.shape
-  np.testing.assert_array_equal(back[:, shift:], x[:, shift:])
-  np.testing.assert_array_equal(back[:, :shift], 0.0)
+  assert qs.shape == ks.shape == vs.shape == (B, n, H, D)
+  np.testing.assert_array_equal(qs, q[:, shift:])  # step i reads query i + shift ...
+  np.testing.assert_array_equal(ks, k[:, :n])  # ... after writing token i
+  np.testing.assert_array_equal(vs, v[:, :n])
+  back = memory.unshift_reads(qs, T)
+  assert back.shape == q.shape
+  np.testing.assert_array_equal(back[:, T - n:], q[:, T - n:])
+  np.testing.assert_array_equal(back[:, :T - n], 0.0)
 
 
 # ------------------------------------------------------------------ chunked exact scan
