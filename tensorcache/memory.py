@@ -220,16 +220,41 @@ def _scalar_states(G_last_HN, dS_BHNKV, S0_BHKV):
   return jax.lax.associative_scan(combine, (la, S), axis=2)[1]
 
 
+@jax.custom_vjp
 def _matrix_states(Phi_BHNKK, Psi_BHNKV, S0_BHKV):
-  """As ``_scalar_states`` for ``S_{c+1} = Phi_c S_c + Psi_c`` with matrix ``Phi_c``."""
-  eye = jnp.broadcast_to(jnp.eye(Phi_BHNKK.shape[-1], dtype=f32), Phi_BHNKK[:, :, :1].shape)
-  Phi = jnp.concatenate([eye, Phi_BHNKK], axis=2)
-  Psi = jnp.concatenate([S0_BHKV.astype(f32)[:, :, None], Psi_BHNKV], axis=2)
+  """As ``_scalar_states`` for ``S_{c+1} = Phi_c S_c + Psi_c`` with matrix ``Phi_c``.
+
+  The backward is the adjoint recurrence run the other way, ``L_c = dS_c + Phi_c^T L_{c+1}``
+  (itself an affine scan, ``_affine_scan`` on the reversed chunks), then ``dPhi_c = L_{c+1}
+  S_c^T``, ``dPsi_c = L_{c+1}``, ``dS0 = L_0``: one more scan, not the transpose of every
+  level of the forward one."""
+  return _affine_scan(Phi_BHNKK, Psi_BHNKV, S0_BHKV)
+
+
+def _affine_scan(Phi, Psi, S0):
+  eye = jnp.broadcast_to(jnp.eye(Phi.shape[-1], dtype=f32), Phi[:, :, :1].shape)
+  Phi = jnp.concatenate([eye, Phi], axis=2)
+  Psi = jnp.concatenate([S0.astype(f32)[:, :, None], Psi], axis=2)
 
   def combine(a, b):
     return _mm("...ij,...jk->...ik", b[0], a[0]), _mm("...ij,...jk->...ik", b[0], a[1]) + b[1]
 
   return jax.lax.associative_scan(combine, (Phi, Psi), axis=2)[1]
+
+
+def _matrix_states_fwd(Phi, Psi, S0):
+  S = _affine_scan(Phi, Psi, S0)
+  return S, (Phi, S)
+
+
+def _matrix_states_bwd(res, dS):
+  Phi, S = res
+  rev = lambda x: jnp.flip(x, axis=2)
+  L = rev(_affine_scan(rev(Phi.swapaxes(-1, -2)), rev(dS[:, :, :-1]), dS[:, :, -1]))  # L_0 .. L_N
+  return _mm("bhnij,bhnkj->bhnik", L[:, :, 1:], S[:, :, :-1]), L[:, :, 1:], L[:, :, 0]
+
+
+_matrix_states.defvjp(_matrix_states_fwd, _matrix_states_bwd)
 
 
 def _linear_chunks(q, pairs, g, eta_H, S0, read_first: bool):
