@@ -219,8 +219,12 @@ class GPT(nn.Module):
     self.ln_f = _layer_norm(c, "ln_f")
 
   def _head(self, x):
-    h = self.ln_f(x).astype(f32)
-    return jnp.einsum("btm,vm->btv", h, self.wte.embedding.astype(f32), precision=_precision(self.cfg))
+    """Float32 logits from a product in the compute dtype with float32 accumulation: a bf16
+    model's head runs on the bf16 tensor cores (a float32 product here would be TF32 on
+    Hopper, at half the rate: the largest matmul of the GPT-2 sizes)."""
+    dt = jnp.dtype(self.cfg.dtype)
+    return jnp.einsum("btm,vm->btv", self.ln_f(x).astype(dt), self.wte.embedding.astype(dt),
+                      precision=_precision(self.cfg), preferred_element_type=f32)
 
   def __call__(self, tokens):
     """Parallel forward: logits ``[B, T, V]`` for every position."""
