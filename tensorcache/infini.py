@@ -66,20 +66,36 @@ def segment_scan(q_BTHD, k_BTHD, v_BTHD, rule: str, segment: int, state: InfiniS
 
 
 def stream(q_BPHD, k_BPHD, v_BPHD, positions, rule: str, segment: int, state: InfiniState):
-  """Token by token from ``state``: read, add the token to the pending segment, and commit
-  the segment after its last position (``(p + 1) % segment == 0``)."""
+  """A chunk of ``P`` tokens at consecutive ``positions`` from ``state``: every token reads
+  the committed state, adds its write to the pending segment, and a segment is committed
+  after its last position (``(p + 1) % segment == 0``).
+
+  The committed state changes only at segment ends, so the chunk is laid out on the segment
+  grid (``J`` whole segments, the chunk at offset ``positions[0] % segment``, the rest
+  masked) and runs as a ``lax.scan`` over those segments, each in parallel: one step for a
+  decode token, ``P / segment + 1`` for a prefill chunk (``P`` when ``segment`` is 1)."""
+  B, P, H, D = q_BPHD.shape
+  J = -(-(P + segment - 1) // segment)
+  offset = positions[0] % segment
+  first = positions[0] // segment
+
+  def on_grid(x):  # [B, P, ...] -> [J, B, segment, ...]
+    x = jax.lax.dynamic_update_slice_in_dim(jnp.zeros((B, J * segment) + x.shape[2:], x.dtype), x, offset, axis=1)
+    return jnp.moveaxis(x.reshape((B, J, segment) + x.shape[2:]), 1, 0)
 
   def step(st, xs):
-    q, k, v, p = xs  # [B,1,H,D] x3, []
+    j, q, k, v, ok = xs
     r = read(feature_map(q), st.M, st.z)
-    dM, dz = write_terms(feature_map(k), v, st.M, st.z, rule)
+    dM, dz = write_terms(feature_map(k) * ok[..., None, None], v, st.M, st.z, rule)
     M_pend, z_pend = st.M_pend + dM, st.z_pend + dz
-    commit = (p + 1) % segment == 0
+    commit = (first + j + 1) * segment - 1 <= positions[-1]  # the segment's last position is in the chunk
     st = InfiniState(
         jnp.where(commit, st.M + M_pend, st.M), jnp.where(commit, st.z + z_pend, st.z),
         jnp.where(commit, 0.0, M_pend), jnp.where(commit, 0.0, z_pend))
-    return st, r[:, 0]
+    return st, r
 
-  xs = tuple(x.swapaxes(0, 1)[:, :, None] for x in (q_BPHD, k_BPHD, v_BPHD)) + (positions,)
+  ok = jnp.ones((B, P), f32)
+  xs = (jnp.arange(J),) + tuple(on_grid(x) for x in (q_BPHD, k_BPHD, v_BPHD, ok))
   state, r = jax.lax.scan(step, state, xs)
-  return r.swapaxes(0, 1), state
+  r = jnp.moveaxis(r, 0, 1).reshape((B, J * segment, H, D))
+  return jax.lax.dynamic_slice_in_dim(r, offset, P, axis=1), state
