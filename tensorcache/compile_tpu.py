@@ -181,7 +181,8 @@ def search_batch(fits: Callable[[int], bool], start: int, unit: int, hbm: int, s
   ``fits`` records in ``sizes`` the bytes per chip of every batch it compiled (fitting or
   not; a step the compiler refused has none). Memory grows about linearly with the batch, so
   once two sizes are known the next batch tried is where the line through the two nearest
-  the HBM crosses it, kept strictly inside the interval still unknown; after two guesses in a
+  the HBM crosses it, if that is inside the interval still unknown (else a bisection: a
+  refused step records no size, so the line may point past it again); after two guesses in a
   row that did not halve that interval comes a bisection, so the search takes at most about
   three times bisection's compiles (four in all when memory is exactly linear). Before two
   sizes are known: halving from ``start`` while it does not fit, doubling while it does. The
@@ -209,10 +210,11 @@ def _next_batch(lo: int, hi: int | None, unit: int, hbm: int, sizes: dict[int, i
   top = None if hi is None else hi - unit
   if not bisect and len(sizes) >= 2:
     (b1, m1), (b2, m2) = sorted(sorted(sizes.items(), key=lambda bm: abs(bm[1] - hbm))[:2])
-    if m2 > m1:
-      guess = (b1 + (hbm - m1) * (b2 - b1) // (m2 - m1)) // unit * unit
-      guess = max(lo + unit, guess if top is None else min(guess, top))
-      return guess, True
+    guess = (b1 + (hbm - m1) * (b2 - b1) // (m2 - m1)) // unit * unit if m2 > m1 else None
+    # A line that points at or past a batch already known not to fit (one the compiler refused
+    # records no size, so the line stays where it was) says nothing new: bisect instead.
+    if guess is not None and (top is None or guess <= top):
+      return max(lo + unit, guess), True
   if hi is None:
     return 2 * lo, False
   if lo == 0:
