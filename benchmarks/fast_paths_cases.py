@@ -416,7 +416,9 @@ def train_flops(S, cfg: ModelConfig, n_params: int) -> float:
   return 6.0 * n_params * S.train_B * S.train_T + attn
 
 
-def run_train(S, opts, arm: str, emit) -> None:
+def train_setup(S, arm: str):
+  """A training arm's sizes, config, model, optimiser, two token batches and initial state
+  ``[params, opt_state]`` (the benchmark's and ``profile_kernels.py``'s)."""
   mechanism, rule = ARMS[arm]
   if arm == "gpt2_b32":  # the gpt2 preset at its default batch (32) and byte vocabulary
     S = dataclasses.replace(S, train_B=4 * S.train_B, vocab=256)
@@ -425,9 +427,14 @@ def run_train(S, opts, arm: str, emit) -> None:
   batches = [jax.random.randint(jax.random.PRNGKey(31 + i), (S.train_B, S.train_T + 1), 0, S.vocab)
              for i in range(2)]
   params = init_params(model)
-  n_params = sum(x.size for x in jax.tree.leaves(params))
   tx = optax.adamw(3e-4, b1=0.9, b2=0.95, weight_decay=0.1)
-  state = [params, jax.jit(tx.init)(params)]
+  return S, cfg, model, tx, batches, [params, jax.jit(tx.init)(params)]
+
+
+def run_train(S, opts, arm: str, emit) -> None:
+  mechanism, rule = ARMS[arm]
+  S, cfg, model, tx, batches, state = train_setup(S, arm)
+  n_params = sum(x.size for x in jax.tree.leaves(state[0]))
   compiled, info = compile_fn(train_step_fn(model, tx), *state, batches[0], donate=(0, 1))
   losses = []
 

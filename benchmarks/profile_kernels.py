@@ -22,12 +22,10 @@ import os
 import shutil
 
 import jax
-import optax
 
 import fast_paths
 import fast_paths_cases as fc
 from tensorcache import inference
-from tensorcache.model import GPT
 
 
 def kernel_summary(trace_dir: str, steps: int) -> dict:
@@ -74,16 +72,11 @@ def profile(name: str, fn, steps: int, out: str, top: int) -> None:
 
 
 def train_case(S, arm: str):
-  mechanism, rule = fc.ARMS[arm]
-  model = GPT(fc.gpt_config(S, mechanism, rule, S.train_W, S.train_T))
-  tokens = jax.random.randint(jax.random.PRNGKey(3), (S.train_B, S.train_T + 1), 0, S.vocab)
-  tx = optax.adamw(3e-4, b1=0.9, b2=0.95, weight_decay=0.1)
-  params = fc.init_params(model)
-  state = [params, jax.jit(tx.init)(params)]
+  _, _, model, tx, batches, state = fc.train_setup(S, arm)
   step = jax.jit(fc.train_step_fn(model, tx), donate_argnums=(0, 1))
 
   def run():
-    state[0], state[1], loss = step(state[0], state[1], tokens)
+    state[0], state[1], loss = step(state[0], state[1], batches[0])
     return loss
 
   return run
