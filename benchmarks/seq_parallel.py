@@ -89,9 +89,20 @@ def case_main(case: dict) -> dict:
     times.append(time.perf_counter() - t0)
   ms = 1e3 * float(np.median(times))
   stats = jax.devices()[0].memory_stats() or {}
+  kernels = None
+  if case.get("profile"):  # 3 more steps traced: GPU time per stream and the top kernels
+    import tempfile
+    from profile_kernels import kernel_summary
+    trace_dir = tempfile.mkdtemp()
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      for i in range(3):
+        state, m = step(state, batches[i % 2])
+      jax.block_until_ready(m["loss"])
+    kernels = {t: dict(v, rows=v["rows"][:25]) for t, v in kernel_summary(trace_dir, 3).items()}
   return dict(case, ms=ms, tok_s=B * T / ms * 1e3, tok_s_per_gpu=B * T / ms * 1e3 / g, compile_s=compile_s,
               loss_first=first, loss_last=float(m["loss"]), peak_bytes=stats.get("peak_bytes_in_use"),
-              device=str(jax.devices()[0].device_kind), platform=jax.devices()[0].platform, jax=jax.__version__)
+              device=str(jax.devices()[0].device_kind), platform=jax.devices()[0].platform, jax=jax.__version__,
+              **({"kernels": kernels} if kernels else {}))
 
 
 def run_case(case: dict, timeout_s: float) -> dict:
@@ -107,8 +118,9 @@ def run_case(case: dict, timeout_s: float) -> dict:
   if p.returncode or not lines:
     tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
     oom = any("RESOURCE_EXHAUSTED" in l or "out of memory" in l.lower() for l in (p.stderr or "").splitlines())
+    log = [l for l in (p.stderr or "").splitlines() if not l.startswith(("I0000", "W0000"))]
     return dict(case, error=("out of memory: " if oom else "") + f"exit {p.returncode}: " + " | ".join(tail)[-400:],
-                wall_s=time.perf_counter() - t0)
+                stderr_tail=log[-60:], wall_s=time.perf_counter() - t0)
   return dict(json.loads(lines[-1]), wall_s=time.perf_counter() - t0)
 
 
@@ -139,6 +151,7 @@ def main() -> None:
   ap.add_argument("--case_s", type=float, default=240.0, help="wall limit of one case process")
   ap.add_argument("--budget_s", type=float, default=540.0, help="wall budget of the whole run")
   ap.add_argument("--smoke", action="store_true", help="tiny model and sizes (CPU check)")
+  ap.add_argument("--profile", action="store_true", help="weak rows: trace 3 more steps, add a per-kernel summary")
   ap.add_argument("--out", default="")
   a = ap.parse_args()
   if a.case:
@@ -163,7 +176,8 @@ def main() -> None:
       if left() < 30:
         rows.append(dict(section="weak", arm=arm, gpus=g, error="skipped: budget"))
         continue
-      case = dict(base, section="weak", arm=arm, gpus=g, seq_len=g * a.tokens_per_gpu, remat=a.remat)
+      case = dict(base, section="weak", arm=arm, gpus=g, seq_len=g * a.tokens_per_gpu, remat=a.remat,
+                  profile=a.profile)
       rows.append(run_case(case, min(a.case_s, left())))
       print(json.dumps(rows[-1]), flush=True)
     one = next((r for r in rows if r.get("section") == "weak" and r["arm"] == arm and r["gpus"] == 1

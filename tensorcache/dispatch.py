@@ -100,9 +100,15 @@ def l2_scan(q, k, v, g, eta, A, z=None, *, rule, chunk, read_first=False, normal
   ``PALLAS`` runs ``pallas_kernels/memory_scan`` (its own chunk of 32 steps; the result does
   not depend on it): the GPU kernel on CUDA (products as 3 TF32 passes), the TPU kernel on
   TPU, the GPU kernel in Pallas interpret mode elsewhere (slow; for tests).
+
+  Delta rule: ``A`` may be a function ``(Phi, Psi) -> A`` of the stream's own state map
+  (``memory.stream_map``), as sequence parallelism passes it. The chunked form calls it
+  between its two phases; the others compute the map first (one more pass over the keys).
   """
   impl = Impl(impl)
   q, k, v = memory.prepare(q, k, v, normalize_q)
+  if callable(A) and (impl in (Impl.REFERENCE, Impl.PALLAS) or q.shape[1] == 1):
+    A = A(*memory.stream_map(k, v, g, eta, chunk))
   if impl is Impl.REFERENCE or q.shape[1] == 1:  # one step (decode): the direct update
     return memory.memory_recurrence(q, k, v, g, eta, A, rule, read_first, z)
   if impl is Impl.PALLAS:

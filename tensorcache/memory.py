@@ -119,7 +119,7 @@ def memory_recurrence(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, rule: str, re
   check_rule(rule)
   eta = eta_H.astype(f32)[None, :, None, None]
   use_z = z_BHD is not None
-  z0 = z_BHD.astype(f32) if use_z else jnp.zeros(A_BHDD.shape[:-1], f32)
+  z0 = z_BHD.astype(f32) if use_z else jnp.zeros_like(A_BHDD[..., 0], f32)  # typed like A under shard_map
 
   def step(carry, xs):
     A, z = carry
@@ -257,6 +257,20 @@ def _matrix_states_bwd(res, dS):
 _matrix_states.defvjp(_matrix_states_fwd, _matrix_states_bwd)
 
 
+def _compose(Phi_BHNKK, Psi_BHNKV):
+  """The map of all chunks together, ``S -> Phi S + Psi``, from the chunks' maps in order (a
+  tree of pairwise compositions: the later map ``b`` after the earlier ``a`` is
+  ``(Phi_b Phi_a, Phi_b Psi_a + Psi_b)``)."""
+  Phi, Psi = Phi_BHNKK, Psi_BHNKV
+  while Phi.shape[2] > 1:
+    if Phi.shape[2] % 2:  # one identity map at the end
+      eye = jnp.broadcast_to(jnp.eye(Phi.shape[-1], dtype=f32), Phi[:, :, :1].shape)
+      Phi, Psi = jnp.concatenate([Phi, eye], axis=2), jnp.concatenate([Psi, jnp.zeros_like(Psi[:, :, :1])], axis=2)
+    later = Phi[:, :, 1::2]
+    Phi, Psi = _mm("...ij,...jk->...ik", later, Phi[:, :, 0::2]), _mm("...ij,...jk->...ik", later, Psi[:, :, 0::2]) + Psi[:, :, 1::2]
+  return Phi[:, :, 0], Psi[:, :, 0]
+
+
 def _linear_chunks(q, pairs, g, eta_H, S0, read_first: bool):
   """Decayed linear attention with one or more ``(key, value)`` pairs written per step:
   ``S_i = e^{g_i} S_{i-1} + eta sum_p k_p,i (x) v_p,i``, ``o_i = q_i S_i`` (``S_{i-1}``
@@ -276,15 +290,14 @@ def _linear_chunks(q, pairs, g, eta_H, S0, read_first: bool):
   return o, S[:, :, -1]
 
 
-def _delta_chunks(q, k, v, g, eta_H, A0, read_first: bool):
-  """The delta rule by the UT transform. Within a chunk from state ``S`` the written
-  vectors ``w_i = eta (v_i - k_i A_{i-1})`` solve ``(I + M) W = eta V - eta e^{G_{i-1}} K S``
-  with ``M_ij = eta e^{G_{i-1} - G_j} <k_i, k_j>`` (``j < i``), so ``W = U - Wk S``;
-  ``A_i = e^{G_i} S + sum_{j<=i} e^{G_i - G_j} k_j (x) w_j`` gives the reads and the chunk's
-  affine map ``S -> (e^{G_C} I - Kw^T Wk) S + Kw^T U``."""
+def _delta_maps(k, v, g, eta_H):
+  """The delta rule's chunk quantities by the UT transform. Within a chunk from state ``S``
+  the written vectors ``w_i = eta (v_i - k_i A_{i-1})`` solve ``(I + M) W = eta V - eta
+  e^{G_{i-1}} K S`` with ``M_ij = eta e^{G_{i-1} - G_j} <k_i, k_j>`` (``j < i``), so
+  ``W = U - Wk S``; ``A_C = Phi S + Psi`` with ``Phi = e^{G_C} I - Kw^T Wk`` and
+  ``Psi = Kw^T U`` is the chunk's affine map. Returns ``(U, Wk, Phi, Psi)``."""
   G = jnp.cumsum(g, axis=-1)
   G_prev = G - g
-  G_read = G_prev if read_first else G
   eta = eta_H.astype(f32)[:, None, None]
   C = g.shape[-1]
   M = _mm("bhnid,bhnjd->bhnij", k, k) * (_masked_decay(G_prev, G, strict=True) * eta[..., None])
@@ -294,19 +307,46 @@ def _delta_chunks(q, k, v, g, eta_H, A0, read_first: bool):
   Kw = k * jnp.exp(G[..., -1:] - G)[..., None]
   eye = jnp.eye(k.shape[-1], dtype=f32)
   Phi = jnp.exp(G[..., -1])[None, :, :, None, None] * eye - _mm("bhncd,bhnce->bhnde", Kw, Wk)
-  S = _matrix_states(Phi, _mm("bhncd,bhnce->bhnde", Kw, U), A0)
+  return U, Wk, Phi, _mm("bhncd,bhnce->bhnde", Kw, U)
+
+
+def _delta_chunks(q, k, v, g, eta_H, A0, read_first: bool):
+  """The delta rule's reads and final state from ``A0`` (``_delta_maps``): the states
+  entering the chunks by the affine scan, then ``W = U - Wk S`` and ``A_i = e^{G_i} S +
+  sum_{j<=i} e^{G_i - G_j} k_j (x) w_j`` per chunk. ``A0`` may be a function of the stream's
+  own map ``(Phi, Psi)`` (``memory_scan``)."""
+  U, Wk, Phi, Psi = _delta_maps(k, v, g, eta_H)
+  if callable(A0):
+    A0 = A0(*_compose(Phi, Psi))
+  S = _matrix_states(Phi, Psi, A0)
   S_in = S[:, :, :-1]
   W = U - _mm("bhncd,bhnde->bhnce", Wk, S_in)
+  G = jnp.cumsum(g, axis=-1)
+  G_read = G - g if read_first else G
   scores = _mm("bhnid,bhnjd->bhnij", q, k) * _masked_decay(G_read, G, strict=read_first)
   r = _mm("bhnij,bhnje->bhnie", scores, W) + _mm("bhnid,bhnde->bhnie", q * jnp.exp(G_read)[..., None], S_in)
   return r, S[:, :, -1]
 
 
+def stream_map(k_BTHD, v_BTHD, g_TH, eta_H, chunk: int):
+  """The delta rule's state map over a whole write stream, ``A_T = Phi A_0 + Psi``
+  (``[B, H, D, D]`` each), from the chunked form's maps (``memory_scan``'s first phase)."""
+  C = max(1, min(chunk, k_BTHD.shape[1]))
+  return _compose(*_delta_maps(_to_chunks(k_BTHD, C), _to_chunks(v_BTHD, C), _chunk_log_decay(g_TH, C), eta_H)[2:])
+
+
 def memory_scan(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, rule: str, chunk: int, read_first: bool = False,
                 z_BHD=None):
   """Exact per-token semantics of every rule in the chunked parallel form (see the module
-  docstring). Same contract as ``memory_recurrence``: returns ``(r, qz, A, z)``."""
+  docstring). Same contract as ``memory_recurrence``: returns ``(r, qz, A, z)``.
+
+  For the delta rule ``A_BHDD`` may instead be a function ``(Phi, Psi) -> A_0`` of the
+  stream's own state map (``stream_map``), called between the chunk maps and the reads: a
+  shard of a sequence-parallel stream learns its entering state from the other shards' maps
+  there, at no extra pass over its tokens."""
   check_rule(rule)
+  if callable(A_BHDD) and rule != "delta":
+    raise ValueError(f"An entering state given as a function of the stream's map needs rule='delta', not {rule!r}.")
   B, T, H, D = q_BTHD.shape
   C = max(1, min(chunk, T))
   q, k, v = (_to_chunks(x, C) for x in (q_BTHD, k_BTHD, v_BTHD))

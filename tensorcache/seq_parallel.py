@@ -18,9 +18,10 @@ attention without a window (``balanced``), the zigzag halves ``i`` and ``2n - 1 
   ``ppermute`` and merge by online softmax (float32 running max and sum).
 * ``memory_scan``: the exact memory scan (every rule). The memory state is an affine function
   of the state entering a shard, ``S -> Phi S + Psi`` (``Phi = e^{sum g} I`` for the linear
-  rules, a matrix for delta). Each shard scans its stream from zero (reads ``r0`` and
-  ``Psi``); an exclusive scan of the gathered maps gives the state entering each shard; the
-  reads are corrected by ``q_i Phi_i S_in``.
+  rules, a matrix for delta); an exclusive scan of the gathered maps gives the state
+  entering each shard. Linear rules scan from zero and correct the reads by
+  ``q_i Phi_i S_in``; the delta rule exchanges the maps between its scan's map and read
+  phases.
 * ``infini_scan``: Infini-attention segments aligned with the shards; the state entering a
   shard is a sum (linear rule) or is passed along the ring ``n - 1`` times (delta rule,
   whose segment write depends on the state non-linearly).
@@ -233,11 +234,11 @@ def memory_scan(q, k, v, g_TH, eta_H, *, normalizer: bool, axis: str, rule: str,
 
   Returns ``(r, qz, A, z)`` as ``dispatch.l2_scan`` would on the whole stream: this shard's
   reads (and ``q . z`` with the normaliser, else None) and the state after the last shard
-  (the same on every shard). Per shard: one ``dispatch.l2_scan`` from zero (reads ``r0``,
-  map offset ``Psi``); for delta the same call also scans from the identity with zero values
-  (batch doubled), which gives ``q_i Phi_i`` and ``Phi``; the linear rules' ``Phi_i`` is
-  ``e^{G_i}``. The maps of all shards are gathered and composed by ``memory``'s chunk-state
-  scans; the reads become ``r0 + q_i Phi_i S_in``.
+  (the same on every shard). The delta rule's state map is a matrix: ``dispatch.l2_scan``
+  gets the entering state as a function of this shard's map ``(Phi, Psi)``, which gathers
+  the maps of all shards and composes them (``memory``'s chunk-state scan) between the
+  shard's map and read phases, so its reads come out exact in one pass. The linear rules
+  scan from zero and correct the reads by ``q_i Phi_i S_in`` with ``Phi_i = e^{G_i}``.
   """
   B, T, H, D = q.shape
   i = jax.lax.axis_index(axis)
@@ -249,20 +250,18 @@ def memory_scan(q, k, v, g_TH, eta_H, *, normalizer: bool, axis: str, rule: str,
   decay_read = jnp.exp(G - g_TH if read_first else G)  # [T, H]: e^{G_i} of the read state
   g_last = gather(G[-1], 1)  # [H, N]
   if rule == "delta":
-    # Value columns evolve independently under the delta rule, so one scan of the widened
-    # state [A | Phi] from [0 | I] with values [v | 0] gives both (the key side is shared).
-    eye = jnp.broadcast_to(jnp.eye(D, dtype=f32), zeros.shape)
-    wide = jnp.concatenate([v.astype(f32), jnp.zeros(v.shape, f32)], axis=-1)
-    r2, qz0, A2, zf = dispatch.l2_scan(q, k, wide, g_TH, eta_H, jnp.concatenate([zeros, eye], axis=-1), z0, **kw)
-    r0, R, Psi, Phi = r2[..., :D], r2[..., D:], A2[..., :D], A2[..., D:]
-    S = memory._matrix_states(gather(Phi, 2), gather(Psi, 2), zeros)  # [B, H, N + 1, D, D]
+    def entering(Phi, Psi):
+      S = memory._matrix_states(gather(Phi, 2), gather(Psi, 2), zeros)  # [B, H, N + 1, D, D]
+      return jax.lax.dynamic_index_in_dim(S, i, axis=2, keepdims=False)
+
+    r, qz0, A_own, zf = dispatch.l2_scan(q, k, v, g_TH, eta_H, entering, z0, **kw)
+    A = gather(A_own, 2)[:, :, -1]  # the last shard's final state
   else:
     r0, qz0, Psi, zf = dispatch.l2_scan(q, k, v, g_TH, eta_H, zeros, z0, **kw)
     R = memory.prepare(q, k[..., :0], v[..., :0], normalize_q)[0] * decay_read[None, :, :, None]
     S = memory._scalar_states(g_last, gather(Psi, 2), zeros)
-  S_in = jax.lax.dynamic_index_in_dim(S, i, axis=2, keepdims=False)
-  r = r0 + memory._mm("bthd,bhde->bthe", R, S_in)
-  A = S[:, :, -1]
+    r = r0 + memory._mm("bthd,bhde->bthe", R, jax.lax.dynamic_index_in_dim(S, i, axis=2, keepdims=False))
+    A = S[:, :, -1]
   if z0 is None:
     return r, None, A, None
   Z = memory._scalar_states(g_last, gather(zf, 2)[..., None], z0[..., None])[..., 0]  # [B, H, N + 1, D]

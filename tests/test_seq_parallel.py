@@ -108,11 +108,14 @@ def test_ring_attention_equals_full_causal_attention(balanced):
   assert_close(got, want)
 
 
-@pytest.mark.parametrize("rule,normalizer,read_first", [
-    ("outer", False, False), ("wedge", True, True), ("delta", False, True), ("delta", True, False)])
-def test_memory_scan_equals_the_per_token_recurrence(rule, normalizer, read_first):
+@pytest.mark.parametrize("rule,normalizer,read_first,impl", [
+    ("outer", False, False, "xla"), ("wedge", True, True, "xla"), ("delta", False, True, "xla"),
+    ("delta", True, False, "xla"), ("delta", False, False, "reference")])
+def test_memory_scan_equals_the_per_token_recurrence(rule, normalizer, read_first, impl):
   """A write stream over 4 shards of 5 (chunk 2: chunks straddle nothing, the state crosses
-  every shard boundary); the first 3 steps write nothing, as before the first eviction."""
+  every shard boundary); the first 3 steps write nothing, as before the first eviction. The
+  reads, the normaliser's ``q . z`` and the final state (on every shard) against the
+  per-token recurrence; ``reference`` runs the delta rule's map phase separately."""
   n, T = 4, 20
   q, k, v = randn(0, (B, T, H, D)), randn(1, (B, T, H, D)), randn(2, (B, T, H, D))
   valid = jnp.arange(T) >= 3
@@ -124,15 +127,15 @@ def test_memory_scan_equals_the_per_token_recurrence(rule, normalizer, read_firs
     qn, kn, vn = memory.prepare(q, k, v, normalize_q=True)
     z0 = jnp.zeros((B, H, D)) if normalizer else None
     r, qz, A, z = memory.memory_recurrence(qn, kn, vn, g, eta, jnp.zeros((B, H, D, D)), rule, read_first, z0)
-    return (r, qz) if normalizer else r
+    return (r, qz, jnp.broadcast_to(A, (n,) + A.shape)) if normalizer else (r, jnp.broadcast_to(A, (n,) + A.shape))
 
   def shard(q, k, v, g):
-    r, qz, _, _ = seq_parallel.memory_scan(q, k, v, g, eta, normalizer=normalizer, axis=sharding.SEQ, rule=rule,
-                                           chunk=2, read_first=read_first, normalize_q=True, impl="xla")
-    return (r, qz) if normalizer else r
+    r, qz, A, _ = seq_parallel.memory_scan(q, k, v, g, eta, normalizer=normalizer, axis=sharding.SEQ, rule=rule,
+                                           chunk=2, read_first=read_first, normalize_q=True, impl=impl)
+    return (r, qz, A[None]) if normalizer else (r, A[None])
 
   specs = (P(None, sharding.SEQ),) * 3 + (P(sharding.SEQ),)
-  out_specs = (P(None, sharding.SEQ),) * 2 if normalizer else P(None, sharding.SEQ)
+  out_specs = (P(None, sharding.SEQ),) * (1 + normalizer) + (P(sharding.SEQ),)
   run = jax.shard_map(shard, mesh=seq_mesh(n), in_specs=specs, out_specs=out_specs)
   want = value_and_vjp(lambda q, k, v: ref(q, k, v, eta), (q, k, v), 5)
   got = value_and_vjp(lambda q, k, v: run(q, k, v, g), (q, k, v), 5)
