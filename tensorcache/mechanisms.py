@@ -53,8 +53,7 @@ def l1_parallel(q, k, v, cfg: ModelConfig, q_sink=None):
   window = cfg.l1_window(training=True)
   if cfg.seq_axis is not None:  # this shard's queries; the keys come from the ring or the halo
     if window is None:
-      return seq_parallel.ring_attention(q, k, v, train_positions(q.shape[1], cfg), axis=cfg.seq_axis,
-                                         block=cfg.attn_block, balanced=cfg.seq_balanced)
+      return seq_parallel.ring_attention(q, k, v, axis=cfg.seq_axis, block=cfg.attn_block, balanced=cfg.seq_balanced)
     return seq_parallel.window_attention(q, k, v, axis=cfg.seq_axis, window=window, num_sinks=cfg.n_sinks,
                                          q_sink=q_sink, block=cfg.attn_block, impl=cfg.impl)
   return dispatch.l1_attention(

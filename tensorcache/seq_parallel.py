@@ -55,9 +55,10 @@ def zigzag_order(length: int, n: int) -> np.ndarray:
   return np.concatenate([np.arange(p * c, (p + 1) * c) for p in pieces])
 
 
-def positions(T: int, axis: str, balanced: bool) -> Int[Array, "T"]:
-  """Global positions of this shard's ``T`` tokens."""
-  i, n = jax.lax.axis_index(axis), jax.lax.axis_size(axis)
+def positions(T: int, axis: str, balanced: bool, shard=None) -> Int[Array, "T"]:
+  """Global positions of the ``T`` tokens of shard ``shard`` (default: this one)."""
+  n = jax.lax.axis_size(axis)
+  i = jax.lax.axis_index(axis) if shard is None else shard
   if not balanced:
     return i * T + jnp.arange(T)
   c = T // 2
@@ -173,8 +174,7 @@ def _block_update(carry, q, k, v, q_pos, k_pos):
   return m_new, l, acc
 
 
-def ring_attention(q, k, v, q_pos: Int[Array, "T"], *, axis: str, block: int = 128,
-                   balanced: bool = False) -> Float[Array, "B T H D"]:
+def ring_attention(q, k, v, *, axis: str, block: int = 128, balanced: bool = False) -> Float[Array, "B T H D"]:
   """Full causal attention over the ring: step ``j`` scores the shard's queries against the
   key/value block of shard ``i - j`` (sent one hop per step by ``ppermute``, the next block
   in flight while this one is scored) under the causal mask of their global positions.
@@ -184,10 +184,13 @@ def ring_attention(q, k, v, q_pos: Int[Array, "T"], *, axis: str, block: int = 1
   ``balanced`` (zigzag) layout, a step ``j > 0`` scores only what is visible: from an earlier
   shard (``i - j >= 0``) every query sees the block's first half and none of its second;
   from a later one only the second half of the queries sees it, all of it. Both are half a
-  block, so every shard does the same work at every step.
+  block, so every shard does the same work at every step. Only keys and values travel: a block's
+  positions follow from the shard it came from.
   """
   B, T, H, D = q.shape
   n = jax.lax.axis_size(axis)
+  i = jax.lax.axis_index(axis)
+  q_pos = positions(T, axis, balanced)
   half = T // 2
   Q = min(block, half if balanced else T)
   if balanced and half % Q:
@@ -206,18 +209,18 @@ def ring_attention(q, k, v, q_pos: Int[Array, "T"], *, axis: str, block: int = 1
     return jax.tree.map(lambda x, y: x.at[rows].set(y), carry, part)
 
   carry = (jnp.full((nb, B, H, Q), NEG_INF, f32), jnp.zeros((nb, B, H, Q), f32), jnp.zeros((nb, B, Q, H, D), f32))
-  kv = (k, v, q_pos)
-  perm = [(i, (i + 1) % n) for i in range(n)]
-  i = jax.lax.axis_index(axis)
+  kv = (k, v)
+  perm = [(s, (s + 1) % n) for s in range(n)]
   for j in range(n):
     nxt = jax.lax.ppermute(kv, axis, perm) if j + 1 < n else None
+    k_, v_ = kv
+    p_ = positions(T, axis, balanced, (i - j) % n)
     if balanced and j > 0:
-      k_, v_, p_ = kv
       earlier = lambda c: over_blocks(c, k_[:, :half], v_[:, :half], p_[:half])
       later = lambda c: over_blocks(c, k_, v_, p_, slice(nb // 2, None))
       carry = jax.lax.cond(i >= j, earlier, later, carry)
     else:
-      carry = over_blocks(carry, *kv)
+      carry = over_blocks(carry, k_, v_, p_)
     kv = nxt
   m, l, acc = carry
   out = acc / jnp.maximum(l, jnp.finfo(f32).tiny).transpose(0, 1, 3, 2)[..., None]
@@ -249,6 +252,7 @@ def memory_scan(q, k, v, g_TH, eta_H, *, normalizer: bool, axis: str, rule: str,
   G = jnp.cumsum(g_TH.astype(f32), axis=0)
   decay_read = jnp.exp(G - g_TH if read_first else G)  # [T, H]: e^{G_i} of the read state
   g_last = gather(G[-1], 1)  # [H, N]
+  qn = memory.normalize_key(q) if normalize_q else q.astype(f32)  # the queries as the scan reads them
   if rule == "delta":
     def entering(Phi, Psi):
       S = memory._matrix_states(gather(Phi, 2), gather(Psi, 2), zeros)  # [B, H, N + 1, D, D]
@@ -258,7 +262,7 @@ def memory_scan(q, k, v, g_TH, eta_H, *, normalizer: bool, axis: str, rule: str,
     A = gather(A_own, 2)[:, :, -1]  # the last shard's final state
   else:
     r0, qz0, Psi, zf = dispatch.l2_scan(q, k, v, g_TH, eta_H, zeros, z0, **kw)
-    R = memory.prepare(q, k[..., :0], v[..., :0], normalize_q)[0] * decay_read[None, :, :, None]
+    R = qn * decay_read[None, :, :, None]
     S = memory._scalar_states(g_last, gather(Psi, 2), zeros)
     r = r0 + memory._mm("bthd,bhde->bthe", R, jax.lax.dynamic_index_in_dim(S, i, axis=2, keepdims=False))
     A = S[:, :, -1]
@@ -266,7 +270,6 @@ def memory_scan(q, k, v, g_TH, eta_H, *, normalizer: bool, axis: str, rule: str,
     return r, None, A, None
   Z = memory._scalar_states(g_last, gather(zf, 2)[..., None], z0[..., None])[..., 0]  # [B, H, N + 1, D]
   z_in = jax.lax.dynamic_index_in_dim(Z, i, axis=2, keepdims=False)
-  qn = memory.prepare(q, k[..., :0], v[..., :0], normalize_q)[0]
   qz = qz0 + memory._mm("bthd,bhd->bth", qn, z_in) * decay_read[None]
   return r, qz, A, Z[:, :, -1]
 

@@ -99,8 +99,7 @@ def test_ring_attention_equals_full_causal_attention(balanced):
   order = seq_parallel.zigzag_order(T, n) if balanced else np.arange(T)
 
   def shard(q, k, v):
-    pos = seq_parallel.positions(q.shape[1], sharding.SEQ, balanced)
-    return seq_parallel.ring_attention(q, k, v, pos, axis=sharding.SEQ, block=2, balanced=balanced)
+    return seq_parallel.ring_attention(q, k, v, axis=sharding.SEQ, block=2, balanced=balanced)
 
   want = value_and_vjp(lambda q, k, v: dispatch.l1_attention(q, k, v, window=None, impl="reference")[:, order],
                        (q, k, v), 3)
