@@ -6,7 +6,8 @@ Commands (repository root, the GPU machine; each stays inside one 10-minute call
   PYTHONPATH=. python benchmarks/seq_parallel.py --sections=weak --gpus=1,2 --out=$OUT/weak.json
   PYTHONPATH=. python benchmarks/seq_parallel.py --sections=longest --gpus=2 --out=$OUT/longest.json
 
-On 4 GPUs: ``--gpus=1,2,4`` (weak) and ``--gpus=4`` (longest). A case that no longer fits the
+On 4 GPUs: ``--gpus=1,2,4`` (weak) and ``--gpus=4`` (longest). ``--profile`` adds a
+per-kernel summary of 3 traced steps to every weak-scaling row. A case that no longer fits the
 ``--budget_s`` wall budget is skipped and listed as such; pass ``--arms=tc_delta`` (etc.) to
 run fewer per call.
 

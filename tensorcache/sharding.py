@@ -17,12 +17,13 @@ Modules never see a mesh (STYLE.md habit 12). The trainer asks this module for:
   (``seq_parallel.py``) exchanges what it needs;
   ``to_seq_layout`` / ``from_seq_layout``: the zigzag order of balanced causal attention.
 
-Version-sensitive calls (mesh axis types) live here only.
+Version-sensitive calls (mesh axis types, the partitioner choice) live here only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from typing import Any, Callable, Mapping, Sequence
 
@@ -96,8 +97,25 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
     grid = mesh_utils.create_device_mesh((data, fsdp, seq), devices)
   except Exception:  # noqa: BLE001 - no topology information (CPU, some GPU hosts)
     grid = np.asarray(devices).reshape(data, fsdp, seq)
+  if seq > 1 and devices[0].platform == "gpu":
+    _gspmd_for_gpu_seq()
   auto = (jax.sharding.AxisType.Auto,) * 3
   return Mesh(grid, AXES, axis_types=auto)
+
+
+def _gspmd_for_gpu_seq() -> None:
+  """Partition with GSPMD, not Shardy, once a GPU mesh splits the positions.
+
+  jax 0.11.2 on CUDA segfaults inside Shardy's ``shardy-xla`` pass compiling the sharded
+  training step of ring-attention ``full`` and of ``tc`` with the linear rules (outer,
+  wedge), already for a 2-layer model on 2 GPUs; tc delta, window, sinks and infini compile.
+  No ``XLA_FLAGS`` GPU-pass switch avoids it; ``jax_use_shardy_partitioner=False`` does (2
+  H200s, 2026-11-30, ``results/seq_parallel/README.md``). The setting is process-wide.
+  """
+  if jax.config.jax_use_shardy_partitioner:
+    logging.warning("Sequence parallelism on GPU: partitioning with GSPMD instead of Shardy (jax_use_shardy_partitioner"
+                    "=False), which avoids a segmentation fault in Shardy's shardy-xla pass (jax 0.11.2).")
+    jax.config.update("jax_use_shardy_partitioner", False)
 
 
 def path_name(path) -> str:
