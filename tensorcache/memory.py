@@ -257,18 +257,15 @@ def _matrix_states_bwd(res, dS):
 _matrix_states.defvjp(_matrix_states_fwd, _matrix_states_bwd)
 
 
-def _compose(Phi_BHNKK, Psi_BHNKV):
-  """The map of all chunks together, ``S -> Phi S + Psi``, from the chunks' maps in order (a
-  tree of pairwise compositions: the later map ``b`` after the earlier ``a`` is
-  ``(Phi_b Phi_a, Phi_b Psi_a + Psi_b)``)."""
-  Phi, Psi = Phi_BHNKK, Psi_BHNKV
-  while Phi.shape[2] > 1:
-    if Phi.shape[2] % 2:  # one identity map at the end
-      eye = jnp.broadcast_to(jnp.eye(Phi.shape[-1], dtype=f32), Phi[:, :, :1].shape)
-      Phi, Psi = jnp.concatenate([Phi, eye], axis=2), jnp.concatenate([Psi, jnp.zeros_like(Psi[:, :, :1])], axis=2)
-    later = Phi[:, :, 1::2]
-    Phi, Psi = _mm("...ij,...jk->...ik", later, Phi[:, :, 0::2]), _mm("...ij,...jk->...ik", later, Psi[:, :, 0::2]) + Psi[:, :, 1::2]
-  return Phi[:, :, 0], Psi[:, :, 0]
+def _prefix_maps(Phi_BHNKK, Psi_BHNKV):
+  """The maps of the first ``c`` chunks together, ``S_c = P_c S_0 + Z_c`` for ``c = 0..N``
+  (``[B, H, N + 1, K, K]`` and ``[B, H, N + 1, K, V]``): one chunk-state scan of the widened
+  state ``[Z | P]`` from ``[0 | I]``, whose value columns evolve independently."""
+  K, V = Phi_BHNKK.shape[-1], Psi_BHNKV.shape[-1]
+  eye = jnp.broadcast_to(jnp.eye(K, dtype=f32), Phi_BHNKK[:, :, 0].shape)
+  start = jnp.concatenate([jnp.zeros_like(Psi_BHNKV[:, :, 0]), eye], axis=-1)
+  ZP = _matrix_states(Phi_BHNKK, jnp.concatenate([Psi_BHNKV, jnp.zeros_like(Phi_BHNKK)], axis=-1), start)
+  return ZP[..., V:], ZP[..., :V]
 
 
 def _linear_chunks(q, pairs, g, eta_H, S0, read_first: bool):
@@ -316,9 +313,11 @@ def _delta_chunks(q, k, v, g, eta_H, A0, read_first: bool):
   sum_{j<=i} e^{G_i - G_j} k_j (x) w_j`` per chunk. ``A0`` may be a function of the stream's
   own map ``(Phi, Psi)`` (``memory_scan``)."""
   U, Wk, Phi, Psi = _delta_maps(k, v, g, eta_H)
-  if callable(A0):
-    A0 = A0(*_compose(Phi, Psi))
-  S = _matrix_states(Phi, Psi, A0)
+  if callable(A0):  # the states as affine functions of A0, then A0 from the stream's map
+    P, Z = _prefix_maps(Phi, Psi)
+    S = Z + _mm("bhnij,bhjk->bhnik", P, A0(P[:, :, -1], Z[:, :, -1]))
+  else:
+    S = _matrix_states(Phi, Psi, A0)
   S_in = S[:, :, :-1]
   W = U - _mm("bhncd,bhnde->bhnce", Wk, S_in)
   G = jnp.cumsum(g, axis=-1)
@@ -332,7 +331,8 @@ def stream_map(k_BTHD, v_BTHD, g_TH, eta_H, chunk: int):
   """The delta rule's state map over a whole write stream, ``A_T = Phi A_0 + Psi``
   (``[B, H, D, D]`` each), from the chunked form's maps (``memory_scan``'s first phase)."""
   C = max(1, min(chunk, k_BTHD.shape[1]))
-  return _compose(*_delta_maps(_to_chunks(k_BTHD, C), _to_chunks(v_BTHD, C), _chunk_log_decay(g_TH, C), eta_H)[2:])
+  P, Z = _prefix_maps(*_delta_maps(_to_chunks(k_BTHD, C), _to_chunks(v_BTHD, C), _chunk_log_decay(g_TH, C), eta_H)[2:])
+  return P[:, :, -1], Z[:, :, -1]
 
 
 def memory_scan(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, rule: str, chunk: int, read_first: bool = False,

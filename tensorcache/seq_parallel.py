@@ -239,7 +239,7 @@ def memory_scan(q, k, v, g_TH, eta_H, *, normalizer: bool, axis: str, rule: str,
   reads (and ``q . z`` with the normaliser, else None) and the state after the last shard
   (the same on every shard). The delta rule's state map is a matrix: ``dispatch.l2_scan``
   gets the entering state as a function of this shard's map ``(Phi, Psi)``, which gathers
-  the maps of all shards and composes them (``memory``'s chunk-state scan) between the
+  the maps of all shards and composes them (``_across_shards``) between the
   shard's map and read phases, so its reads come out exact in one pass. The linear rules
   scan from zero and correct the reads by ``q_i Phi_i S_in`` with ``Phi_i = e^{G_i}``.
   """
@@ -251,11 +251,11 @@ def memory_scan(q, k, v, g_TH, eta_H, *, normalizer: bool, axis: str, rule: str,
   gather = lambda x, at: jax.lax.all_gather(x, axis, axis=at)
   G = jnp.cumsum(g_TH.astype(f32), axis=0)
   decay_read = jnp.exp(G - g_TH if read_first else G)  # [T, H]: e^{G_i} of the read state
-  g_last = gather(G[-1], 1)  # [H, N]
+  g_last = gather(G[-1], 1)  # [H, N]: a shard's log decay
   qn = memory.normalize_key(q) if normalize_q else q.astype(f32)  # the queries as the scan reads them
   if rule == "delta":
     def entering(Phi, Psi):
-      S = memory._matrix_states(gather(Phi, 2), gather(Psi, 2), zeros)  # [B, H, N + 1, D, D]
+      S = _across_shards(gather(Phi, 2), gather(Psi, 2), zeros)  # [B, H, N + 1, D, D]
       return jax.lax.dynamic_index_in_dim(S, i, axis=2, keepdims=False)
 
     r, qz0, A_own, zf = dispatch.l2_scan(q, k, v, g_TH, eta_H, entering, z0, **kw)
@@ -263,15 +263,29 @@ def memory_scan(q, k, v, g_TH, eta_H, *, normalizer: bool, axis: str, rule: str,
   else:
     r0, qz0, Psi, zf = dispatch.l2_scan(q, k, v, g_TH, eta_H, zeros, z0, **kw)
     R = qn * decay_read[None, :, :, None]
-    S = memory._scalar_states(g_last, gather(Psi, 2), zeros)
+    S = _across_shards(jnp.exp(g_last), gather(Psi, 2), zeros)
     r = r0 + memory._mm("bthd,bhde->bthe", R, jax.lax.dynamic_index_in_dim(S, i, axis=2, keepdims=False))
     A = S[:, :, -1]
   if z0 is None:
     return r, None, A, None
-  Z = memory._scalar_states(g_last, gather(zf, 2)[..., None], z0[..., None])[..., 0]  # [B, H, N + 1, D]
+  Z = _across_shards(jnp.exp(g_last), gather(zf, 2)[..., None], z0[..., None])[..., 0]  # [B, H, N + 1, D]
   z_in = jax.lax.dynamic_index_in_dim(Z, i, axis=2, keepdims=False)
   qz = qz0 + memory._mm("bthd,bhd->bth", qn, z_in) * decay_read[None]
   return r, qz, A, Z[:, :, -1]
+
+
+def _across_shards(Phi, Psi_BHNKV, S0_BHKV):
+  """States entering each of the ``N`` shards and the final one, ``[B, H, N + 1, K, V]``, of
+  ``S_{j+1} = Phi_j S_j + Psi_j``: ``Phi`` a decay ``[H, N]`` (linear rules) or matrices
+  ``[B, H, N, K, K]`` (delta). ``N`` is the mesh axis, small: one step per shard, a handful
+  of ``D x D`` products, where an associative scan would add a level of slices per doubling."""
+  S = [S0_BHKV.astype(f32)]
+  for j in range(Psi_BHNKV.shape[2]):
+    if Phi.ndim == 2:
+      S.append(Phi[None, :, j, None, None] * S[-1] + Psi_BHNKV[:, :, j])
+    else:
+      S.append(memory._mm("bhij,bhjk->bhik", Phi[:, :, j], S[-1]) + Psi_BHNKV[:, :, j])
+  return jnp.stack(S, axis=2)
 
 
 # ------------------------------------------------------------------ Infini-attention
