@@ -173,6 +173,20 @@ def test_auto_equals_dense_oracle(case, dtype):
     assert_close(a, b, tol_grad, f"d{name}")
 
 
+@pytest.mark.parametrize("backend,traced", [("gpu", False), ("cpu", True)])
+def test_splash_branch_traced_only_where_tpu_can_be_lowered(monkeypatch, backend, traced):
+  """A GPU process never lowers for TPU, so its AUTO attention must not trace splash (whose
+  block mask costs O((T / block)^2) Python steps); a CPU host must, for TPU AOT compiles."""
+  calls = []
+  real = fast_attention.splash_attention
+  monkeypatch.setattr(fast_attention, "splash_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  q, k, v, _ = (x.astype(jnp.bfloat16) for x in _qkv(seed=23))
+  out = jax.jit(lambda q, k, v: dispatch.l1_attention(q, k, v, window=8, block=BLOCK))(q, k, v)
+  assert_close(out, attention.dense_attention(*(x.astype(jnp.float32) for x in (q, k, v)), 8), 1e-2, "forward")
+  assert bool(calls) == traced
+
+
 # ------------------------------------------------------------------ splash (TPU), interpreted
 #
 # The TPU branch's kernel run by the Pallas interpreter on CPU: T = 200 is padded to 256.
