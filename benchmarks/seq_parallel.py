@@ -30,7 +30,8 @@ entropy, donated state, bf16), random tokens:
 * longest context: batch 1 on the largest ``g``, contexts doubling from ``--search_from`` until a
   step fails (out of memory, or past ``--case_s``); the largest that trains is reported, for
   every arm at the same sizes (``--search_remat=block`` by default: each block keeps only its
-  input).
+  input; ``--search_loss_block=8192``: the head and loss over blocks of 8192 positions, so
+  the ``[T, 50304]`` logits do not bound the context).
 
 Timing: compile excluded; ``--warmup`` steps, then the median of ``--iters`` steps waited on.
 Writes JSON (every case, device, jax version, date, git commit) and prints a table.
@@ -64,7 +65,8 @@ def case_main(case: dict) -> dict:
   g, T, B = case["gpus"], case["seq_len"], case["batch"]
   mechanism, _, rule = case["arm"].partition("_")
   cfg = ModelConfig(**case["model"], mechanism=mechanism, rule=rule or "delta", window=case["window"],
-                    chunk=case["chunk"], attn_block=case["attn_block"], max_len=T, remat=case["remat"])
+                    chunk=case["chunk"], attn_block=case["attn_block"], max_len=T, remat=case["remat"],
+                    loss_block=case.get("loss_block", 0))
   mesh = sharding.make_mesh(1, 1, jax.devices()[:g], seq=g)
   spec = train.StepSpec(cfg, optim.OptimConfig(warmup_steps=0, decay_steps=1000), mesh, internal_metrics=False)
   state, _ = train.create_train_state(spec, 0)
@@ -145,6 +147,8 @@ def main() -> None:
   ap.add_argument("--attn_block", type=int, default=512, help="query block of the ring attention (full)")
   ap.add_argument("--remat", default="none", help="model.remat of the weak-scaling rows")
   ap.add_argument("--search_remat", default="block", help="model.remat of the longest-context search")
+  ap.add_argument("--search_loss_block", type=int, default=8192,
+                  help="model.loss_block of the longest-context search (0: whole logits)")
   ap.add_argument("--search_from", type=int, default=32768, help="first context of the search (doubles)")
   ap.add_argument("--search_max", type=int, default=1 << 21)
   ap.add_argument("--warmup", type=int, default=2)
@@ -162,7 +166,7 @@ def main() -> None:
   model = SMOKE if a.smoke else GPT124M
   if a.smoke:
     a.tokens_per_gpu, a.window, a.chunk, a.search_from, a.search_max, a.attn_block = 128, 32, 16, 256, 512, 32
-    a.warmup, a.iters = 1, 2
+    a.warmup, a.iters, a.search_loss_block = 1, 2, 96
   gpus = [int(x) for x in a.gpus.split(",")]
   arms = a.arms.split(",")
   start = time.perf_counter()
@@ -192,7 +196,7 @@ def main() -> None:
     T = a.search_from
     while T <= a.search_max and left() > 30:
       case = dict(base, section="longest", arm=arm, gpus=g, seq_len=T, batch=1, remat=a.search_remat,
-                  warmup=0, iters=1)
+                  loss_block=a.search_loss_block, warmup=0, iters=1)
       rows.append(run_case(case, min(a.case_s, left())))
       print(json.dumps(rows[-1]), flush=True)
       if "error" in rows[-1]:

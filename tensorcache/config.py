@@ -47,6 +47,10 @@ class ModelConfig:
       ``none``; ``memory`` (the memory scan keeps only its inputs: the chunk-level
       intermediates of every layer are recomputed, one more memory forward per step);
       ``block`` (each block keeps only its input: about one more forward per step).
+    loss_block: 0 (default) computes the training and evaluation loss from whole ``[B, T, V]``
+      logits; ``L > 0`` runs the head on blocks of ``L`` positions, recomputed in the
+      backward (``GPT.token_losses``): the same loss without the logits' memory, for long
+      contexts, at the cost of one more head product per step.
   """
 
   vocab_size: int = 256
@@ -89,6 +93,7 @@ class ModelConfig:
   attn_block: int = 128
   impl: str = "auto"
   remat: str = "none"
+  loss_block: int = 0
   # Sequence parallelism: the manual mesh axis the positions are split over (set by
   # tensorcache/sharding.py inside its shard_map; None on one device).
   seq_axis: str | None = None
@@ -112,6 +117,8 @@ class ModelConfig:
                  "infini_segment", "max_len"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+    if self.loss_block < 0:
+      raise ValueError(f"loss_block must be 0 (whole logits) or a positive block length, got {self.loss_block}.")
     if self.d_model % self.n_head:
       raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}.")
     if self.head_dim % 2:

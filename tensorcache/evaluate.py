@@ -22,7 +22,6 @@ import time
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -76,10 +75,8 @@ def sharded_logprobs(cfg: ModelConfig, params, inputs, targets, seq: int, *, bat
   @jax.jit
   def logprobs(params, inputs, targets):
     inputs, targets = (sharding.to_seq_layout(x, mesh, cfg.seq_balanced) for x in (inputs, targets))
-    logits = forward(params, inputs, cfg, mesh)[0]
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return sharding.from_seq_layout(jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0], mesh,
-                                    cfg.seq_balanced)
+    ce = forward(params, inputs, cfg, mesh, targets=targets)[0]
+    return sharding.from_seq_layout(-ce, mesh, cfg.seq_balanced)
 
   n = inputs.shape[0]
   pad = -n % batch

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from tensorcache import cache as cache_lib, mechanisms
 from tensorcache.config import ModelConfig
@@ -29,6 +30,15 @@ def _precision(cfg: ModelConfig):
   """float32 models get float32 matmuls on every platform (XLA's default is TF32 on GPU and
   one bf16 pass on TPU); half-precision models keep the fast default."""
   return jax.lax.Precision.HIGHEST if cfg.dtype == "float32" else None
+
+
+def head_logits(h_BTM, embedding_VM, cfg: ModelConfig):
+  """The tied head: float32 logits from a product in the compute dtype with float32
+  accumulation. A bf16 model's head runs on the bf16 tensor cores (a float32 product would
+  be TF32 on Hopper, at half the rate: the largest matmul of the GPT-2 sizes)."""
+  dt = jnp.dtype(cfg.dtype)
+  return jnp.einsum("btm,vm->btv", h_BTM.astype(dt), embedding_VM.astype(dt), precision=_precision(cfg),
+                    preferred_element_type=f32)
 
 
 def _const(value: float):
@@ -219,20 +229,38 @@ class GPT(nn.Module):
     self.ln_f = _layer_norm(c, "ln_f")
 
   def _head(self, x):
-    """Float32 logits from a product in the compute dtype with float32 accumulation: a bf16
-    model's head runs on the bf16 tensor cores (a float32 product here would be TF32 on
-    Hopper, at half the rate: the largest matmul of the GPT-2 sizes)."""
-    dt = jnp.dtype(self.cfg.dtype)
-    return jnp.einsum("btm,vm->btv", self.ln_f(x).astype(dt), self.wte.embedding.astype(dt),
-                      precision=_precision(self.cfg), preferred_element_type=f32)
+    return head_logits(self.ln_f(x), self.wte.embedding, self.cfg)
 
-  def __call__(self, tokens):
-    """Parallel forward: logits ``[B, T, V]`` for every position."""
+  def _features(self, tokens):
     check_tokens(tokens, self.cfg.vocab_size)
     x = self.wte(tokens).astype(jnp.dtype(self.cfg.dtype))
     for block in self.blocks:
       x = block(x)
-    return self._head(x)
+    return self.ln_f(x)
+
+  def __call__(self, tokens):
+    """Parallel forward: logits ``[B, T, V]`` for every position."""
+    return head_logits(self._features(tokens), self.wte.embedding, self.cfg)
+
+  def token_losses(self, tokens, targets):
+    """Parallel forward to the per-token cross entropy ``[B, T]`` (float32) of ``targets``.
+
+    With ``cfg.loss_block = L`` the head runs on blocks of ``L`` positions, each block's
+    logits recomputed in the backward pass, so ``[B, T, V]`` logits never exist at once
+    (the largest tensor of a long-context step: 13 GB in float32 for 65536 positions of the
+    GPT-2 vocabulary). The same numbers either way."""
+    h = self._features(tokens)
+    emb = self.wte.embedding
+    ce = lambda h, t: optax.softmax_cross_entropy_with_integer_labels(head_logits(h, emb, self.cfg), t)
+    B, T, M = h.shape
+    L = self.cfg.loss_block
+    if not L or L >= T:
+      return ce(h, targets)
+    n = -(-T // L)
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, n * L - T)) + ((0, 0),) * (x.ndim - 2))
+    blocks = lambda x: pad(x).reshape(B, n, L, *x.shape[2:]).swapaxes(0, 1)
+    out = jax.lax.map(lambda a: jax.checkpoint(ce)(*a), (blocks(h), blocks(targets)))
+    return out.swapaxes(0, 1).reshape(B, n * L)[:, :T]
 
   def extend(self, tokens, cache: cache_lib.Cache, last_only: bool = False):
     """Streams a chunk ``tokens [B, P]`` through the cache: logits ``[B, P, V]`` (``[B, 1, V]``,

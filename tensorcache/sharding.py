@@ -229,8 +229,9 @@ def seq_sharded(fn: Callable, mesh: Mesh) -> Callable:
   """``fn(params, tokens) -> (per_token, scalars)`` run per device, the positions split over
   ``seq`` and the rows over ``data x fsdp``.
 
-  Every mesh axis is manual: ``tokens [B, T]`` (in ``to_seq_layout`` order) reach ``fn`` as
-  this device's ``[B / (data fsdp), T / seq]`` and ``params`` whole (gathered at the boundary
+  Every mesh axis is manual: ``tokens [B, T]`` (in ``to_seq_layout`` order; or a tuple of
+  such arrays, e.g. inputs and targets) reach ``fn`` as this device's
+  ``[B / (data fsdp), T / seq]`` and ``params`` whole (gathered at the boundary
   when FSDP shards them: within the step each device holds all parameters). The gradient of
   ``params`` is summed over the devices by the ``shard_map`` transpose, in float32.
   ``per_token [b, T / seq, ...]`` come back as ``[B, T, ...]``; ``scalars`` (any pytree) are

@@ -40,20 +40,25 @@ def layer_metrics(sown: Mapping[str, Any]) -> dict[str, jax.Array]:
   return out
 
 
-def forward(params, inputs, cfg, mesh: Mesh, internal_metrics: bool = False):
-  """The parallel forward: ``(logits, internals)``. With a ``seq`` mesh axis the positions
-  are split over it (``sharding.seq_sharded``); ``inputs`` and the returned logits are then
-  in ``sharding.to_seq_layout`` order."""
+def forward(params, inputs, cfg, mesh: Mesh, internal_metrics: bool = False, targets=None):
+  """The parallel forward: ``(logits, internals)``, or with ``targets`` the per-token cross
+  entropy ``[B, T]`` instead of the logits (``GPT.token_losses``, blockwise with
+  ``cfg.loss_block``). With a ``seq`` mesh axis the positions are split over it
+  (``sharding.seq_sharded``, the loss computed per shard); ``inputs``, ``targets`` and the
+  result are then in ``sharding.to_seq_layout`` order."""
+  method = GPT.__call__ if targets is None else GPT.token_losses
 
-  def apply(params, tokens, cfg=cfg):
+  def apply(params, batch, cfg=cfg):
+    args = (batch,) if targets is None else batch
     if not internal_metrics:
-      return GPT(cfg).apply(params, tokens), {}
-    logits, sown = GPT(cfg).apply(params, tokens, mutable=["metrics"])
-    return logits, layer_metrics(sown.get("metrics", {}))
+      return GPT(cfg).apply(params, *args, method=method), {}
+    out, sown = GPT(cfg).apply(params, *args, method=method, mutable=["metrics"])
+    return out, layer_metrics(sown.get("metrics", {}))
 
+  batch = inputs if targets is None else (inputs, targets)
   if sharding.seq_shards(mesh) == 1:
-    return apply(params, inputs)
-  return sharding.seq_sharded(functools.partial(apply, cfg=cfg.replace(seq_axis=sharding.SEQ)), mesh)(params, inputs)
+    return apply(params, batch)
+  return sharding.seq_sharded(functools.partial(apply, cfg=cfg.replace(seq_axis=sharding.SEQ)), mesh)(params, batch)
 
 
 def _loss(params, inputs, targets, weights, total_weight, *, spec: StepSpec):
@@ -62,8 +67,7 @@ def _loss(params, inputs, targets, weights, total_weight, *, spec: StepSpec):
   weights are reordered alike for a balanced ``seq`` split, which leaves the sum unchanged."""
   inputs, targets, weights = (sharding.to_seq_layout(x, spec.mesh, spec.model.seq_balanced)
                               for x in (inputs, targets, weights))
-  logits, internals = forward(params, inputs, spec.model, spec.mesh, spec.internal_metrics)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(f32), targets)
+  ce, internals = forward(params, inputs, spec.model, spec.mesh, spec.internal_metrics, targets=targets)
   return jnp.sum(ce * weights) / total_weight, internals
 
 
@@ -144,8 +148,7 @@ def _eval_step(params, batch: Mapping[str, jax.Array], spec: StepSpec):
   """``(sum of w * ce, sum of w)`` of one batch with the parallel (training) forward."""
   inputs, targets, w = (sharding.to_seq_layout(batch[k], spec.mesh, spec.model.seq_balanced)
                         for k in ("inputs", "targets", "weights"))
-  logits, _ = forward(params, inputs, spec.model, spec.mesh)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(f32), targets)
+  ce, _ = forward(params, inputs, spec.model, spec.mesh, targets=targets)
   w = w.astype(f32)
   return jnp.sum(ce * w), jnp.sum(w)
 

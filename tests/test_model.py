@@ -12,6 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from tensorcache import inference
@@ -184,6 +185,28 @@ def test_remat_changes_nothing(case, remat):
   (loss_r, _), g_r = value_and_grad(GPT(cfg.replace(remat=remat)), params, toks)
   assert_close(loss_r, loss, 1e-6, "loss")
   _assert_grads_close(g_r, g)
+
+
+@pytest.mark.parametrize("loss_block", [1, 8, 36, 64])
+def test_loss_block_changes_nothing(loss_block):
+  """The head and cross entropy over blocks of positions (T = 37: the last block padded;
+  64 >= T: one block) give the per-token losses and gradients of whole logits."""
+  cfg = small_config(**MECH_CASES["tc_delta"], impl="xla")
+  toks = tokens(301)
+  targets = jax.random.randint(jax.random.PRNGKey(302), toks.shape, 0, VOCAB)
+  cot = jax.random.uniform(jax.random.PRNGKey(303), toks.shape, minval=0.5, maxval=1.5)
+  _, params = init_model(cfg, seed=304)
+
+  def whole(p):
+    return optax.softmax_cross_entropy_with_integer_labels(GPT(cfg).apply(p, toks), targets)
+
+  def blocked(p):
+    return GPT(cfg.replace(loss_block=loss_block)).apply(p, toks, targets, method=GPT.token_losses)
+
+  (ce, pull), (ce_b, pull_b) = jax.vjp(whole, params), jax.vjp(blocked, params)
+  assert ce_b.shape == (B, T)
+  assert_close(ce_b, ce, 1e-6, "per-token loss")
+  _assert_grads_close(pull_b(cot)[0], pull(cot)[0])
 
 
 # ------------------------------------------------------------------ causality

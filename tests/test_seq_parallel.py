@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
@@ -197,6 +198,23 @@ def test_sharded_model_equals_one_device(name, mesh_shape):
   want = value_and_vjp(lambda p: GPT(cfg).apply(p, tokens), (params,), 9)
   got = value_and_vjp(sharded_logits, (params,), 9)
   assert_close(got, want)
+
+
+def test_sharded_blockwise_loss_equals_one_device():
+  """The training loss path under ``seq`` (per-token cross entropy computed per shard, the
+  head over blocks of 3 positions, which straddle nothing) against whole logits on one device."""
+  cfg, tokens, params = model_case("tc_delta")
+  targets = jax.random.randint(jax.random.PRNGKey(7), tokens.shape, 0, cfg.vocab_size)
+  mesh = sharding.make_mesh(2, 1, seq=4)
+
+  def sharded(params):
+    x, t = (sharding.to_seq_layout(a, mesh, cfg.seq_balanced) for a in (tokens, targets))
+    ce = forward(params, x, cfg.replace(loss_block=3), mesh, targets=t)[0]
+    return sharding.from_seq_layout(ce, mesh, cfg.seq_balanced)
+
+  want = value_and_vjp(lambda p: optax.softmax_cross_entropy_with_integer_labels(GPT(cfg).apply(p, tokens), targets),
+                       (params,), 8)
+  assert_close(value_and_vjp(sharded, (params,), 8), want)
 
 
 def test_bfloat16_sharded_model_matches_one_device():
