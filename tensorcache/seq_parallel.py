@@ -13,7 +13,7 @@ attention without a window (``balanced``), the zigzag halves ``i`` and ``2n - 1 
 * ``preceding``: the ``m`` positions before a shard's first (a halo), by ``ppermute`` from the
   ``ceil(m / T)`` shards before it (several hops when ``m > T``); zeros where none exist.
 * ``window_attention``: L1 with a window (and sinks): the shard's queries against the halo of
-  the last ``window - 1`` keys, its own keys and the sinks, one ``dispatch.l1_attention`` call.
+  the last ``window`` keys, its own keys and the sinks, one ``dispatch.l1_attention`` call.
 * ``ring_attention``: full causal attention; key/value blocks travel around the ring by
   ``ppermute`` and merge by online softmax (float32 running max and sum).
 * ``memory_scan``: the exact memory scan (every rule). The memory state is an affine function
@@ -121,17 +121,20 @@ def window_attention(q, k, v, *, axis: str, window: int, num_sinks: int = 0, q_s
                      impl=dispatch.Impl.AUTO) -> Float[Array, "B T H D"]:
   """L1 with a window (``window`` recent keys, plus sinks ``s < num_sinks``) on a shard.
 
-  The shard builds ``[sinks (num_sinks), halo (window - 1), own (T)]`` and runs the same
-  ``dispatch.l1_attention`` as one device on it. That call sees sinks as the first
-  ``num_sinks`` entries and the window by index difference, so entries that do not exist
-  (positions < 0) or repeat a sink (halo positions < num_sinks) are moved to the end, behind
-  every real query: with ``g0 = start - (window - 1)`` the first ``a = clip(g0, 0, ns)``
-  entries stay and the next ``d = ns - a + max(0, -g0)`` go to the end. What remains is the
-  global sequence ``[0, ns) + [max(g0, ns), start + T)``, index differences equal position
-  differences, and the shard's queries sit at ``[ns + window - 1 - d, ... + T)``.
+  The shard builds ``[sinks (num_sinks), halo (window), own (T)]`` and runs the same
+  ``dispatch.l1_attention`` as one device on it. The halo holds one key more than the
+  window reaches (the window masks it), so without sinks the length ``T + window`` is a
+  multiple of 64 whenever ``T`` and ``window`` are, and cuDNN runs on it unpadded. That call
+  sees sinks as the first ``num_sinks`` entries and the window by index difference, so
+  entries that do not exist (positions < 0) or repeat a sink (halo positions < num_sinks)
+  are moved to the end, behind every real query: with ``g0 = start - window`` the first
+  ``a = clip(g0, 0, ns)`` entries stay and the next ``d = ns - a + max(0, -g0)`` go to the
+  end. What remains is the global sequence ``[0, ns) + [max(g0, ns), start + T)``, index
+  differences equal position differences, and the shard's queries sit at
+  ``[ns + window - d, ... + T)``.
   """
   B, T, H, D = q.shape
-  ns, m = num_sinks, window - 1
+  ns, m = num_sinks, window
   start = jax.lax.axis_index(axis) * T
 
   L = ns + m + T
