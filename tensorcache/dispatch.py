@@ -106,6 +106,8 @@ def l2_scan(q, k, v, g, eta, A, z=None, *, rule, chunk, read_first=False, normal
   between its two phases; the others compute the map first (one more pass over the keys).
   """
   impl = Impl(impl)
+  if callable(A) and rule != "delta":
+    raise ValueError(f"An entering state given as a function of the stream's map needs rule='delta', not {rule!r}.")
   q, k, v = memory.prepare(q, k, v, normalize_q)
   if callable(A) and (impl in (Impl.REFERENCE, Impl.PALLAS) or q.shape[1] == 1):
     A = A(*memory.stream_map(k, v, g, eta, chunk))

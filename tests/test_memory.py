@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tensorcache import mechanisms, memory
+from tensorcache import dispatch, mechanisms, memory
 from tensorcache.config import ModelConfig
 
 from _util import assert_close, assert_differs, normal
@@ -179,6 +179,45 @@ def test_memory_scan_saves_no_state_per_token():
   per_token = residual_floats(memory.memory_recurrence)
   assert per_token >= Tn * Dn * Dn  # the oracle keeps a state per token
   assert chunked < 8 * Tn * (Cn + Dn) + 4 * (Tn // Cn + 1) * Dn * Dn * 2, chunked
+
+
+@pytest.mark.parametrize("impl", ["xla", "reference"])
+@pytest.mark.parametrize("read_first", [False, True])
+def test_entering_state_as_a_function_of_the_stream_map(read_first, impl):
+  """The delta rule given ``A0 = f(Phi, Psi)`` of its own stream map (how a sequence shard
+  learns its entering state) equals the recurrence started from that state, reads, ``q . z``,
+  final state and gradients; the map is exact (``A_T = Phi A0 + Psi`` for another A0); a
+  linear rule refuses the function."""
+  q, k, v, log_lam, eta, A1, valid = _stream(71)
+  v = jnp.concatenate([v, v[..., :3]], axis=-1)  # value width 11 != key width 8
+  A1 = jnp.concatenate([A1, A1[..., :3]], axis=-1)
+  g = memory.log_decay(log_lam, valid)
+  z0 = normal(72, (B, H, D))
+  f = lambda Phi, Psi: 0.5 * jnp.tanh(_mm(Phi, A1)) + 0.3 * Psi  # depends on both parts of the map
+
+  def via_function(q, k, v):
+    return dispatch.l2_scan(q, k, v, g, eta, f, z0, rule="delta", chunk=C, read_first=read_first, impl=impl)
+
+  def via_state(q, k, v):
+    kn = memory.normalize_key(k)
+    A0 = f(*memory.stream_map(kn, v, g, eta, C))
+    return memory.memory_recurrence(q, kn, v, g, eta, A0, "delta", read_first, z0)
+
+  got, want = (jax.vjp(fn, q, k, v) for fn in (via_function, via_state))
+  for name, a, b in zip(("r", "qz", "A", "z"), got[0], want[0]):
+    assert_close(a, b, 1e-5, name)
+  cot = tuple(normal(73 + i, x.shape) for i, x in enumerate(want[0]))
+  for name, a, b in zip("qkv", got[1](cot), want[1](cot)):
+    assert_close(a, b, 1e-5, f"d{name}")
+  Phi, Psi = memory.stream_map(memory.normalize_key(k), v, g, eta, C)
+  final = memory.memory_recurrence(q, memory.normalize_key(k), v, g, eta, A1, "delta", read_first)[2]
+  assert_close(_mm(Phi, A1) + Psi, final, 1e-5, "stream map")
+  with pytest.raises(ValueError, match="rule='delta'"):
+    dispatch.l2_scan(q, k, v, g, eta, f, rule="outer", chunk=C, impl=impl)
+
+
+def _mm(a, b):
+  return jnp.einsum("bhij,bhjk->bhik", a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 def test_unit_lower_inverse_is_exact():
