@@ -185,12 +185,15 @@ def per_platform(
   that branch only, and that branch is never lowered on the platform that could not trace
   it. A kernel that traces but fails to compile still fails loudly.
 
-  A process whose default backend is a GPU leaves the splash branch out: it never lowers for
-  TPU, and tracing splash builds its block mask in Python, ``O((T / block)^2)`` steps (35 s
-  for one 65536-token shard's forward and backward masks on this project's CPU host), which
-  kept GPU steps of 128K tokens and more from compiling within minutes.
+  Only the branches this process can lower are traced: cuDNN where the default backend is a
+  GPU, splash everywhere else (a TPU, or a CPU host compiling for one ahead of time).
+  Tracing splash builds its block mask in Python, ``O((T / block)^2)`` steps (35 s for one
+  65536-token shard's forward and backward masks on this project's CPU host), which kept GPU
+  steps of 128K tokens and more from compiling within minutes; tracing cuDNN off a GPU only
+  logs its rejection.
   """
-  branches = dict(cuda=_or_fallback("cuDNN", lambda q, k, v: cudnn_attention(q, k, v, window), fallback))
-  if jax.default_backend() != "gpu":
-    branches["tpu"] = _or_fallback("splash", lambda q, k, v: splash_attention(q, k, v, window), fallback)
+  if jax.default_backend() == "gpu":
+    branches = dict(cuda=_or_fallback("cuDNN", lambda q, k, v: cudnn_attention(q, k, v, window), fallback))
+  else:
+    branches = dict(tpu=_or_fallback("splash", lambda q, k, v: splash_attention(q, k, v, window), fallback))
   return jax.lax.platform_dependent(q_BTHD, k_BTHD, v_BTHD, default=fallback, **branches)
