@@ -237,8 +237,9 @@ def seq_sharded(fn: Callable, mesh: Mesh) -> Callable:
   ``per_token [b, T / seq, ...]`` come back as ``[B, T, ...]``; ``scalars`` (any pytree) are
   averaged over the devices. ``fn`` must build its model with ``seq_axis=SEQ``.
 
-  (A ``shard_map`` with only ``seq`` manual compiled on CPU but crashed XLA's GPU compiler,
-  jax 0.11.2 on H200s, ``results/seq_parallel/``.)
+  (A ``shard_map`` with only ``seq`` manual compiled on CPU but crashed on 2 H200s, jax
+  0.11.2; the all-manual one crashed too for some mechanisms, inside Shardy, which
+  ``make_mesh`` therefore turns off for GPU ``seq`` meshes: ``results/seq_parallel/``.)
   """
 
   def per_shard(params, tokens):
