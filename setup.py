@@ -44,6 +44,9 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.9",
             "ipykernel>=6.29",
+            # libtpu, for the ahead-of-time TPU compiles (tests/test_compile_tpu.py and the TPU
+            # kernel tests): a 213 MB wheel; see docs/tpu.md "In CI" for what it adds to CI.
+            "jax[tpu]>=0.10.2",
         ],
         "tpu": ["jax[tpu]>=0.10.2"],
         # importlib_resources: tensorflow-datasets 4.9.10 imports it when building a

@@ -36,7 +36,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -232,6 +232,7 @@ def largest_fitting(config: ml_collections.ConfigDict, devices: list, hbm: int, 
 
   def fits(b: int) -> bool:
     if b not in memo:
+      start = time.perf_counter()
       try:
         memo[b] = compile_train(with_batch(config, b, len(devices)), devices, hbm)
         sizes[b] = memo[b].total
@@ -239,6 +240,9 @@ def largest_fitting(config: ml_collections.ConfigDict, devices: list, hbm: int, 
         memo[b] = None
         if e.total is not None:
           sizes[b] = e.total
+      outcome = "fits" if memo[b] else "does not fit" if b in sizes else "refused by the compiler"
+      size = f", {sizes[b] / GiB:.2f} GiB" if b in sizes else ""
+      logging.info("search: %d per chip %s (%.0f s%s)", b, outcome, time.perf_counter() - start, size)
     return memo[b] is not None
 
   best = search_batch(fits, start, int(config.optim.accum_steps), hbm, sizes)
