@@ -1,11 +1,9 @@
 """Ahead-of-time TPU compiles of the trainer (``tensorcache.compile_tpu``), from this CPU host.
 
 The ``small`` preset's real train step compiles for v5e:2x2 for every mechanism, and a run
-that does not fit ends with exit status 2 and one line naming the batch that fits. Skipped,
-with the reason, when ``libtpu`` is not installed (``pip install -e '.[tpu]'``). Cost on the
-project's 2-core machine (2026-11-30, both cores shared with other jobs): 196 CPU seconds,
-620 s wall, for the whole file; most of it is the ``tc`` compiles (one sequence per chip in
-the fixture, two in the not-fit test).
+that does not fit ends with exit status 2 and one line naming the batch that fits. The
+``[test]`` extra installs ``libtpu`` (through ``jax[tpu]``), so CI runs these; without it
+they skip with the reason. What they add to a CI run: ``docs/tpu.md``, "In CI".
 
 The mesh is data=2 x fsdp=2, and the default pure data-parallel mesh (fsdp=1, a size-1
 axis that splash attention's ``shard_map`` must make manual too) is compiled once.
