@@ -232,7 +232,7 @@ def largest_fitting(config: ml_collections.ConfigDict, devices: list, hbm: int, 
 
   def fits(b: int) -> bool:
     if b not in memo:
-      start = time.perf_counter()
+      t0 = time.perf_counter()
       try:
         memo[b] = compile_train(with_batch(config, b, len(devices)), devices, hbm)
         sizes[b] = memo[b].total
@@ -242,7 +242,7 @@ def largest_fitting(config: ml_collections.ConfigDict, devices: list, hbm: int, 
           sizes[b] = e.total
       outcome = "fits" if memo[b] else "does not fit" if b in sizes else "refused by the compiler"
       size = f", {sizes[b] / GiB:.2f} GiB" if b in sizes else ""
-      logging.info("search: %d per chip %s (%.0f s%s)", b, outcome, time.perf_counter() - start, size)
+      logging.info("search: %d per chip %s (%.0f s%s)", b, outcome, time.perf_counter() - t0, size)
     return memo[b] is not None
 
   best = search_batch(fits, start, int(config.optim.accum_steps), hbm, sizes)

@@ -209,8 +209,9 @@ def test_entering_state_as_a_function_of_the_stream_map(read_first, impl):
   cot = tuple(normal(73 + i, x.shape) for i, x in enumerate(want[0]))
   for name, a, b in zip("qkv", got[1](cot), want[1](cot)):
     assert_close(a, b, 1e-5, f"d{name}")
-  Phi, Psi = memory.stream_map(memory.normalize_key(k), v, g, eta, C)
-  final = memory.memory_recurrence(q, memory.normalize_key(k), v, g, eta, A1, "delta", read_first)[2]
+  kn = memory.normalize_key(k)
+  Phi, Psi = memory.stream_map(kn, v, g, eta, C)
+  final = memory.memory_recurrence(q, kn, v, g, eta, A1, "delta", read_first)[2]
   assert_close(_mm(Phi, A1) + Psi, final, 1e-5, "stream map")
   with pytest.raises(ValueError, match="rule='delta'"):
     dispatch.l2_scan(q, k, v, g, eta, f, rule="outer", chunk=C, impl=impl)
