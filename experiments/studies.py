@@ -251,6 +251,7 @@ REPEATS = 3  # timed runs of a short prefill and of the decode loop (the median 
 @functools.partial(jax.jit, static_argnums=(0, 4), donate_argnums=2)
 def decode_loop(model: GPT, params, cache, tok_B, steps: int):
   """``steps`` greedy decode steps (``GPT.extend`` on one token) in one ``lax.scan``."""
+  params = inference.compute_params(model.cfg, params)
 
   def step(carry, _):
     tok, cache = carry

@@ -6,10 +6,10 @@ arrive in the compute dtype (bf16 in training); implementations cast to float32 
 
 ``Impl`` is resolved at call time, never at import time: ``REFERENCE`` is the plain oracle
 (dense ``T x T`` attention, per-token memory recurrence), ``XLA`` the chunked forms,
-``PALLAS`` the Pallas kernels where one exists (the exact memory scan; ``AUTO``'s choice for
-the other ops); ``AUTO`` picks the fastest implementation for the platform the op is lowered
-for (on GPU the memory scan stays XLA: the kernel measured slower there, see
-``pallas_kernels/memory_scan/README.md``).
+``PALLAS`` the Pallas kernels where one exists (the exact memory scan, the decode step's L1
+attention; ``AUTO``'s choice for the other ops); ``AUTO`` picks the fastest implementation
+for the platform the op is lowered for (on GPU the decode kernel, but the memory scan stays
+XLA: that kernel measured slower there, see ``pallas_kernels/memory_scan/README.md``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import enum
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.decode_attention import ops as decode_ops
 from pallas_kernels.memory_scan import ops as memory_scan_ops
 from tensorcache import attention, fast_attention, infini, memory
 
@@ -81,9 +82,34 @@ def l1_stream(q, k_cache, v_cache, cache_pos, k, v, positions, *, window, num_si
   """Streaming L1 attention: a chunk's queries ``[B, P, H, D]`` at ``positions [P]`` against
   the cache's keys/values ``[B, H, S, D]`` (heads-major; slot positions ``cache_pos [S]``,
   -1 empty) and the chunk's own keys/values ``[B, P, H, D]`` (``attention.stream_attention``).
-  ``REFERENCE`` concatenates cache and chunk (``attention.concat_stream_attention``)."""
-  fn = attention.concat_stream_attention if Impl(impl) is Impl.REFERENCE else attention.stream_attention
-  return fn(q, k_cache, v_cache, cache_pos, k, v, positions, window, num_sinks, q_sink)
+  ``REFERENCE`` concatenates cache and chunk (``attention.concat_stream_attention``).
+
+  A decode step (``P = 1``) runs ``pallas_kernels/decode_attention`` under ``AUTO`` on GPU
+  (cuda) and under ``PALLAS`` (interpreted off GPU): one kernel reads each cached key and
+  value once, where XLA runs the scores, the softmax and the value product as separate
+  kernels. It falls back to XLA for head dims that are not a power of two (at least 16) and
+  caches whose slot count is not a multiple of 16 (``decode_attention.ops.supported``); on TPU
+  and CPU ``AUTO`` runs XLA.
+  """
+  impl = Impl(impl)
+  if impl is Impl.REFERENCE:
+    return attention.concat_stream_attention(q, k_cache, v_cache, cache_pos, k, v, positions, window, num_sinks, q_sink)
+  xla = lambda *a: attention.stream_attention(*a, window, num_sinks, q_sink)
+  args = (q, k_cache, v_cache, cache_pos, k, v, positions)
+  if q.shape[1] != 1 or impl is Impl.XLA or not decode_ops.supported(k_cache.shape[2], q.shape[-1]):
+    return xla(*args)
+
+  def kernel(interpret=False):
+    def run(q, k_cache, v_cache, cache_pos, k, v, positions):
+      one = lambda x: None if x is None else x[:, 0]
+      out = decode_ops.decode_attention(one(q), k_cache, v_cache, cache_pos, one(k), one(v), positions[0],
+                                        window=window, num_sinks=num_sinks, q_sink_BHD=one(q_sink),
+                                        interpret=interpret)
+      return out[:, None]
+    return run
+
+  default = kernel(interpret=True) if impl is Impl.PALLAS else xla
+  return jax.lax.platform_dependent(*args, cuda=kernel(), default=default)
 
 
 # ------------------------------------------------------------------ L2

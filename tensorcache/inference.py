@@ -39,6 +39,26 @@ def init_cache(cfg: ModelConfig, batch: int) -> cache_lib.Cache:
   return cache_lib.Cache(jnp.zeros((), jnp.int32), jnp.full((S,), -1, jnp.int32), tuple(layers))
 
 
+def compute_params(cfg: ModelConfig, params):
+  """``params`` with the matrices the model multiplies in its compute dtype (Dense kernels and
+  the embedding) cast to ``cfg.dtype``, the rest (norm scales, decay and gate parameters)
+  as they are.
+
+  The model casts those matrices itself before every product, so its outputs are the same
+  bit for bit; casting them once before a stream saves the per-step casts. Inside a decode
+  loop a float32 copy cast per token is most of the step's traffic at small batch (GPT-124M,
+  batch 1: the weights read as float32 and written back in bf16 every token). ``prefill``,
+  ``prefill_logprobs`` and ``generate`` cast once per call; for a Python loop of
+  ``decode_step``, cast once before it (casting cast parameters again costs nothing).
+  """
+  dt = jnp.dtype(cfg.dtype)
+
+  def cast(path, x):
+    return x.astype(dt) if getattr(path[-1], "key", None) in ("kernel", "embedding") else x
+
+  return jax.tree_util.tree_map_with_path(cast, params)
+
+
 def _check_capacity(cfg: ModelConfig, length: int) -> None:
   if cfg.mechanism == "full" and length > cfg.max_len:
     raise ValueError(
@@ -48,14 +68,15 @@ def _check_capacity(cfg: ModelConfig, length: int) -> None:
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def _extend(model: GPT, params, cache, tokens):
-  return model.apply(params, tokens, cache, method=GPT.extend)
+  return model.apply(compute_params(model.cfg, params), tokens, cache, method=GPT.extend)
 
 
 def decode_step(model: GPT, params, cache: cache_lib.Cache, tokens):
   """One token per sequence ``tokens [B]``: returns logits ``[B, V]`` and the new cache.
 
-  ``cache`` is donated. Host ids (NumPy, lists) are checked; device arrays are not read back,
-  so a step never waits for the device: an id outside ``[0, V)``, or a step past the ``full``
+  ``cache`` is donated; ``params`` may be ``compute_params(cfg, params)``, cast once before
+  a loop of steps. Host ids (NumPy, lists) are checked; device arrays are not read back, so a
+  step never waits for the device: an id outside ``[0, V)``, or a step past the ``full``
   cache's ``max_len``, gives NaN logits instead of an error.
   """
   if not isinstance(tokens, jax.Array):
@@ -79,6 +100,7 @@ def _stream(model: GPT, mode: str, chunk: int, params, cache, tokens, targets):
   B, T = tokens.shape
   if cache is None:
     cache = init_cache(model.cfg, B)
+  params = compute_params(model.cfg, params)  # once, not per chunk
   last = jnp.zeros((B, model.cfg.vocab_size), jnp.float32) if mode == "last" else None
 
   def step(carry, xs):
@@ -162,6 +184,7 @@ def sample_logits(rng, logits, temperature: float, top_k: int | None):
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 5, 6, 7))
 def _generate(model, params, prompt, max_new_tokens, rng, temperature, top_k, chunk):
+  params = compute_params(model.cfg, params)
   logits, cache = _stream(model, "last", chunk, params, None, prompt, None)
 
   def step(carry, rng):

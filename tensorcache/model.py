@@ -41,6 +41,37 @@ def head_logits(h_BTM, embedding_VM, cfg: ModelConfig):
                     preferred_element_type=f32)
 
 
+GEMM_ROWS = 16
+
+
+def gemm_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """``lax.dot_general`` for ``nn.Dense`` (``x @ kernel``) that pads fewer than ``GEMM_ROWS``
+  rows of ``x`` with zero rows, and drops their results.
+
+  XLA on GPU rewrites a product of a few rows (a decode step: one row per sequence) into an
+  elementwise product and a reduction, and writes the whole ``rows x d_in x d_out`` product
+  to memory between the two; 16 rows stay a GEMM, which reads the kernel once (GPT-124M
+  decode at batch 1 on an H200: the rewritten products were over half the step). Every row's
+  result is the same product either way; more rows pass through unchanged.
+  """
+  (lc, rc), batch = dimension_numbers
+  if batch != ((), ()) or lc != (lhs.ndim - 1,) or rc != (0,):
+    raise ValueError(f"gemm_dot takes Dense's contraction (x's last axis with the kernel's first), not {dimension_numbers}.")
+  rows = math.prod(lhs.shape[:-1])
+  dot = lambda x: jax.lax.dot_general(x, rhs, dimension_numbers=(((x.ndim - 1,), (0,)), ((), ())), precision=precision,
+                                      preferred_element_type=preferred_element_type)
+  if rows >= GEMM_ROWS:
+    return dot(lhs)
+  x = jnp.pad(lhs.reshape(rows, lhs.shape[-1]), ((0, GEMM_ROWS - rows), (0, 0)))
+  return dot(x)[:rows].reshape(*lhs.shape[:-1], rhs.shape[-1])
+
+
+def _dense(cfg: ModelConfig, features: int, kernel_init, *, use_bias: bool = False, **kwargs) -> nn.Dense:
+  """The model's projections: compute dtype ``cfg.dtype``, float32 parameters, ``gemm_dot``."""
+  return nn.Dense(features, use_bias=use_bias, kernel_init=kernel_init, dtype=jnp.dtype(cfg.dtype),
+                  precision=_precision(cfg), dot_general=gemm_dot, **kwargs)
+
+
 def _const(value: float):
   return lambda key, shape, dtype=f32: jnp.full(shape, value, dtype)
 
@@ -66,12 +97,10 @@ class Attention(nn.Module):
 
   def setup(self):
     c = self.cfg
-    dt = jnp.dtype(c.dtype)
     normal = nn.initializers.normal(0.02)
     resid = nn.initializers.normal(0.02 / math.sqrt(2 * c.n_layer))
-    prec = _precision(c)
-    self.c_attn = nn.Dense(3 * c.d_model, use_bias=False, kernel_init=normal, dtype=dt, precision=prec)
-    self.c_proj = nn.Dense(c.d_model, use_bias=False, kernel_init=resid, dtype=dt, precision=prec)
+    self.c_attn = _dense(c, 3 * c.d_model, normal)
+    self.c_proj = _dense(c, c.d_model, resid)
     self.memory = c.has_memory(self.layer)
     H = c.n_head
     if self.memory:
@@ -82,11 +111,10 @@ class Attention(nn.Module):
         self.lr_slow_logit = self.param("lr_slow_logit", _const(_logit(c.lr_slow_init)), (H,))
         self.alpha_logit = self.param("alpha_logit", _const(_logit(c.alpha_init)), (H,))
       if c.per_token_gate:
-        self.gate_proj = nn.Dense(1, kernel_init=nn.initializers.zeros, bias_init=_const(c.gate_init), dtype=dt,
-                                  precision=prec)
+        self.gate_proj = _dense(c, 1, nn.initializers.zeros, use_bias=True, bias_init=_const(c.gate_init))
       else:
         self.gate = self.param("gate", _const(c.gate_init), (1,))
-      self.tc_proj = nn.Dense(c.d_model, use_bias=False, kernel_init=normal, dtype=dt, precision=prec)
+      self.tc_proj = _dense(c, c.d_model, normal)
     if c.mechanism == "infini":
       self.beta = self.param("beta", nn.initializers.zeros, (H,))
 
@@ -183,13 +211,10 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = self.cfg
-    dt = jnp.dtype(c.dtype)
-    prec = _precision(c)
-    h = nn.Dense(4 * c.d_model, use_bias=False, kernel_init=nn.initializers.normal(0.02), dtype=dt,
-                 precision=prec, name="fc")(x)
+    h = _dense(c, 4 * c.d_model, nn.initializers.normal(0.02), name="fc")(x)
     h = jax.nn.gelu(h, approximate=False)
     resid = nn.initializers.normal(0.02 / math.sqrt(2 * c.n_layer))
-    return nn.Dense(c.d_model, use_bias=False, kernel_init=resid, dtype=dt, precision=prec, name="proj")(h)
+    return _dense(c, c.d_model, resid, name="proj")(h)
 
 
 def _layer_norm(cfg: ModelConfig, name: str):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tensorcache import cache as cache_lib, dispatch, inference, mechanisms
+from tensorcache.model import GPT
 
 from _util import B, T, VOCAB, assert_close, assert_differs, forward, init_model, normal, small_config, tokens
 from test_model import CASE_IDS, MECH_CASES
@@ -156,6 +157,23 @@ def test_decode_and_prefill_consume_the_cache():
   last, cache = inference.prefill(model, params, toks[:, 24:], cache, chunk=5)
   assert all(x.is_deleted() for x in jax.tree_util.tree_leaves(before))
   assert_close(last, parallel[:, -1], 1e-5, "continued prefill")
+
+
+def test_compute_params_cast_once_changes_nothing():
+  """Casting the weight matrices to the compute dtype once (``compute_params``) gives the same
+  logits bit for bit as the model's own per-product casts, and leaves the float32
+  parameters that are not multiplied in bf16 (norm scales, decay, write rate, gate) as they are."""
+  cfg = small_config(mechanism="tc", rule="delta", dtype="bfloat16", per_token_gate=True)
+  model, params = init_model(cfg, seed=6)
+  cast = inference.compute_params(cfg, params)
+  dtypes = {jax.tree_util.keystr(p): x.dtype for p, x in jax.tree_util.tree_leaves_with_path(cast)}
+  names = lambda dt: {k for k, d in dtypes.items() if d == dt}
+  assert names(jnp.bfloat16) and all(k.endswith(("['kernel']", "['embedding']")) for k in names(jnp.bfloat16))
+  assert any("decay_logit" in k for k in names(jnp.float32)) and any("scale" in k for k in names(jnp.float32))
+  toks = tokens(7)
+  np.testing.assert_array_equal(np.asarray(forward(model, cast, toks)), np.asarray(forward(model, params, toks)))
+  extend = lambda p: model.apply(p, toks[:, :5], inference.init_cache(cfg, B), method=GPT.extend)[0]
+  np.testing.assert_array_equal(np.asarray(extend(cast)), np.asarray(extend(params)))
 
 
 # ------------------------------------------------------------------ bounded prefill memory

@@ -1,0 +1,66 @@
+"""The decode-attention op: picks the block and the number of splits, runs the kernel and
+combines its partial softmax sums with the token's own key.
+
+``decode_attention`` has the contract of ``reference.decode_attention`` (the library's
+streaming attention for one token): queries ``[B, H, D]`` at position ``pos`` against the
+cache before the token (``[B, H, S, D]``, slot positions ``[S]``) and the token's own key and
+value ``[B, H, D]``; returns ``[B, H, D]`` in the queries' dtype. Forward only (decoding
+needs no gradient).
+
+The token's own key is always visible to its query, so the combine never divides by zero:
+``M = max(s_self, m_1 .. m_n)``, ``out = (e^{s_self - M} v + sum_j e^{m_j - M} acc_j) /
+(e^{s_self - M} + sum_j e^{m_j - M} l_j)``. The cache is read in place: the token's slot still
+holds the pair it evicts, which the mask hides (a ring of ``W`` slots keeps exactly the
+``W - 1`` keys before the token that its window sees).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from pallas_kernels.decode_attention import kernel_gpu
+
+f32 = jnp.float32
+TARGET_PROGRAMS = 256  # about two programs per SM of an H100/H200 (132 SMs)
+
+
+def supported(S: int, D: int) -> bool:
+  """Shapes the kernel takes: ``D`` a power of two, ``S`` a multiple of 16."""
+  return D >= 16 and D & (D - 1) == 0 and S % 16 == 0
+
+
+def plan(B: int, H: int, S: int) -> tuple[int, int]:
+  """``(block, n_split)``: the largest power-of-two block up to 128 that divides ``S``, and
+  as many splits (a power of two, each a whole number of blocks) as bring ``B H n_split``
+  up to ``TARGET_PROGRAMS``."""
+  block = 128
+  while S % block:
+    block //= 2
+  n_split = 1
+  while B * H * n_split < TARGET_PROGRAMS and S % (2 * n_split * block) == 0:
+    n_split *= 2
+  return block, n_split
+
+
+def decode_attention(q_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S, k_BHD, v_BHD, pos, *, window, num_sinks=0,
+                     q_sink_BHD=None, block=None, n_split=None, interpret=False):
+  """See the module docstring. ``block``/``n_split`` override ``plan`` (tests)."""
+  B, H, S, D = k_cache_BHSD.shape
+  if not supported(S, D):
+    raise ValueError(f"decode_attention takes a power-of-two head dim >= 16 and a cache of 16k slots, "
+                     f"not D={D}, S={S}; use the library's streaming attention (impl='xla').")
+  if block is None or n_split is None:
+    block, n_split = plan(B, H, S)
+  if S % (block * n_split):
+    raise ValueError(f"{n_split} splits of whole {block}-slot blocks do not tile a cache of {S} slots.")
+  pos = jnp.reshape(jnp.asarray(pos, jnp.int32), (1,))
+  acc, ml = kernel_gpu.partials(q_BHD, q_sink_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S.astype(jnp.int32), pos,
+                                window=window, num_sinks=num_sinks, block=block, n_split=n_split, interpret=interpret)
+  scale = 1.0 / jnp.sqrt(f32(D))
+  q_self = q_BHD if q_sink_BHD is None else jnp.where(pos[0] < num_sinks, q_sink_BHD, q_BHD)
+  s_self = jnp.sum(q_self.astype(f32) * k_BHD.astype(f32), axis=-1) * scale  # [B, H]
+  m, l = ml[..., 0], ml[..., 1]
+  M = jnp.maximum(s_self, m.max(-1))
+  w_self, w = jnp.exp(s_self - M), jnp.exp(m - M[..., None])
+  num = w_self[..., None] * v_BHD.astype(f32) + jnp.einsum("bhn,bhnd->bhd", w, acc, precision="highest")
+  return (num / (w_self + (w * l).sum(-1))[..., None]).astype(q_BHD.dtype)
