@@ -51,12 +51,14 @@ def gemm_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type
   XLA on GPU rewrites a product of a few rows (a decode step: one row per sequence) into an
   elementwise product and a reduction, and writes the whole ``rows x d_in x d_out`` product
   to memory between the two; 16 rows stay a GEMM, which reads the kernel once (GPT-124M
-  decode at batch 1 on an H200: the rewritten products were over half the step). Every row's
-  result is the same product either way; more rows pass through unchanged.
+  decode at batch 1 on an H200: the rewritten products took about half of the step's GPU
+  time; padded, decode ran 1.89k instead of 1.35k tokens/s). Every row's result is the same
+  product either way; 16 rows or more pass through unchanged.
   """
   (lc, rc), batch = dimension_numbers
   if batch != ((), ()) or lc != (lhs.ndim - 1,) or rc != (0,):
-    raise ValueError(f"gemm_dot takes Dense's contraction (x's last axis with the kernel's first), not {dimension_numbers}.")
+    raise ValueError(f"gemm_dot takes Dense's contraction (x's last axis with the kernel's first), "
+                     f"not {dimension_numbers}.")
   rows = math.prod(lhs.shape[:-1])
   dot = lambda x: jax.lax.dot_general(x, rhs, dimension_numbers=(((x.ndim - 1,), (0,)), ((), ())), precision=precision,
                                       preferred_element_type=preferred_element_type)

@@ -16,9 +16,10 @@ import optax
 import pytest
 
 from tensorcache import inference
+from tensorcache import model as model_lib
 from tensorcache.model import GPT
 
-from _util import (B, T, VOCAB, assert_close, assert_differs, forward, init_model, restrict_params,
+from _util import (B, T, VOCAB, assert_close, assert_differs, forward, init_model, normal, restrict_params,
                    set_param, small_config, tokens, value_and_grad)
 
 W = 8  # small_config's window
@@ -416,3 +417,16 @@ def test_generate_zero_new_tokens_returns_prompt():
   model, params = init_model(small_config(), seed=1)
   prompt = tokens(701, B, 6)
   np.testing.assert_array_equal(inference.generate(model, params, prompt, 0), prompt)
+
+
+@pytest.mark.parametrize("lead", [(1, 1), (3, 5), (4, 4), (2, 9)])
+def test_gemm_dot_is_the_dense_product(lead):
+  """``gemm_dot`` (fewer than 16 rows padded with zero rows) equals ``x @ kernel`` for 1, 15,
+  16 and 18 rows, and refuses a contraction that is not Dense's."""
+  x = normal(61, lead + (32,))
+  kernel = normal(62, (32, 48))
+  got = model_lib.gemm_dot(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision="highest")
+  assert got.shape == lead + (48,)
+  assert_close(got, np.asarray(x, np.float64) @ np.asarray(kernel, np.float64), 1e-6, f"{lead}")
+  with pytest.raises(ValueError, match="Dense's contraction"):
+    model_lib.gemm_dot(x, kernel.T, (((x.ndim - 1,), (1,)), ((), ())))
