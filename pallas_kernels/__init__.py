@@ -4,6 +4,8 @@
   (GPU: Triton lowering; TPU: Mosaic), used through ``tensorcache.dispatch`` (``Impl.PALLAS``).
 * ``decode_attention``: one decode step of streaming L1 attention (GPU: Triton lowering),
   forward only, used by ``dispatch.l1_stream`` for one-token chunks (``Impl.AUTO`` on GPU).
+* ``memory_step``: one decode step of the memory (key normalisation, write, read; GPU: Triton
+  lowering), forward only, used by ``dispatch.l2_step`` (``Impl.AUTO`` on GPU).
 
 Each folder holds ``reference.py`` (the pure-jnp reference the kernel must equal), its
 kernels (``kernel_gpu.py``, ``kernel_tpu.py`` where there is one), ``ops.py`` (the op: the

@@ -1,15 +1,16 @@
 """The single dispatch point for every hot path: L1 attention (parallel and streaming), the
-L2 memory scans (exact, chunk-start, chunk-mean) and the Infini-attention scans.
+L2 memory scans (exact, chunk-start, chunk-mean) and decode step, and the Infini-attention scans.
 
 Each op takes arrays and static arguments only, so a kernel can replace any of them. Inputs
 arrive in the compute dtype (bf16 in training); implementations cast to float32 *inside*.
 
 ``Impl`` is resolved at call time, never at import time: ``REFERENCE`` is the plain oracle
 (dense ``T x T`` attention, per-token memory recurrence), ``XLA`` the chunked forms,
-``PALLAS`` the Pallas kernels where one exists (the exact memory scan, the decode step's L1
-attention; ``AUTO``'s choice for the other ops); ``AUTO`` picks the fastest implementation
-for the platform the op is lowered for (on GPU the decode kernel, but the memory scan stays
-XLA: that kernel measured slower there, see ``pallas_kernels/memory_scan/README.md``).
+``PALLAS`` the Pallas kernels where one exists (the exact memory scan; the decode step's L1
+attention and memory step; ``AUTO``'s choice for the other ops); ``AUTO`` picks the fastest
+implementation for the platform the op is lowered for (on GPU the two decode kernels, but the
+memory scan stays XLA: that kernel measured slower there, see
+``pallas_kernels/memory_scan/README.md``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 
 from pallas_kernels.decode_attention import ops as decode_ops
 from pallas_kernels.memory_scan import ops as memory_scan_ops
+from pallas_kernels.memory_step import ops as memory_step_ops
 from tensorcache import attention, fast_attention, infini, memory
 
 
@@ -84,9 +86,9 @@ def l1_stream(q, k_cache, v_cache, cache_pos, k, v, positions, *, window, num_si
   -1 empty) and the chunk's own keys/values ``[B, P, H, D]`` (``attention.stream_attention``).
   ``REFERENCE`` concatenates cache and chunk (``attention.concat_stream_attention``).
 
-  A decode step (``P = 1``) runs ``pallas_kernels/decode_attention`` under ``AUTO`` on GPU
-  (cuda) and under ``PALLAS`` (interpreted off GPU): one kernel reads each cached key and
-  value once, where XLA runs the scores, the softmax and the value product as separate
+  A decode step (``P = 1``) runs ``pallas_kernels/decode_attention`` (forward only) under
+  ``AUTO`` on GPU (cuda) and under ``PALLAS`` (interpreted off GPU): one kernel reads each
+  cached key and value once, where XLA runs the scores, the softmax and the value product as separate
   kernels. It falls back to XLA for head dims that are not a power of two (at least 16) and
   caches whose slot count is not a multiple of 16 (``decode_attention.ops.supported``); on TPU
   and CPU ``AUTO`` runs XLA.
@@ -142,6 +144,36 @@ def l2_scan(q, k, v, g, eta, A, z=None, *, rule, chunk, read_first=False, normal
   if impl is Impl.PALLAS:
     return _pallas_memory_scan(q, k, v, g, eta, A, z, rule=rule, read_first=read_first)
   return memory.memory_scan(q, k, v, g, eta, A, rule, chunk, read_first, z)
+
+
+def l2_step(q, k, v, g, eta, A, z=None, *, rule, read_first=False, normalize_q=False, impl=Impl.AUTO):
+  """One step of the memory, a decode step: ``l2_scan`` of a stream of one step (``q, k, v``
+  ``[B, 1, H, D]``, ``g [1, H]``), forward only (inference takes no gradient).
+
+  ``AUTO`` on GPU (cuda) and ``PALLAS`` (interpreted off GPU) run
+  ``pallas_kernels/memory_step``: key normalisation, write and read in one kernel, the state
+  updated in place, where XLA runs five to eight small kernels. It falls back to the direct
+  XLA update (``memory.memory_recurrence``) for head dims that are not a power of two from 16
+  to 128; ``AUTO`` on TPU and CPU, ``XLA`` and ``REFERENCE`` run that update.
+  """
+  impl = Impl(impl)
+
+  def xla(q, k, v, g, eta, A, z):
+    q, k, v = memory.prepare(q, k, v, normalize_q)
+    return memory.memory_recurrence(q, k, v, g, eta, A, rule, read_first, z)
+
+  if impl not in (Impl.AUTO, Impl.PALLAS) or not memory_step_ops.supported(q.shape[-1]):
+    return xla(q, k, v, g, eta, A, z)
+
+  def kernel(interpret=False):
+    def run(q, k, v, g, eta, A, z):
+      r, qz, A, z = memory_step_ops.memory_step(q[:, 0], k[:, 0], v[:, 0], g[0], eta, A, z, rule=rule,
+                                                read_first=read_first, normalize_q=normalize_q, interpret=interpret)
+      return r[:, None], (None if qz is None else qz[:, None]), A, z
+    return run
+
+  default = kernel(interpret=True) if impl is Impl.PALLAS else xla
+  return jax.lax.platform_dependent(q, k, v, g, eta, A, z, cuda=kernel(), default=default)
 
 
 def _pallas_memory_scan(q, k, v, g, eta, A, z, *, rule, read_first):

@@ -1,10 +1,16 @@
-"""The decode-attention kernel (``pallas_kernels/decode_attention``) in Pallas interpret mode:
-against the library's streaming attention (its reference) and a NumPy oracle, over caches
-that are empty, filling and full, sinks with and without a sink query, full attention,
-several splits of the cache, D = 16 / 32 / 64 / 128, float32 and bf16; through
-``dispatch.l1_stream`` and a model's decode steps; and its Triton lowering for CUDA.
+"""The decode-step kernels in Pallas interpret mode.
 
-On a machine whose default JAX backend is a GPU the kernel cases run compiled.
+* ``pallas_kernels/decode_attention``: against the library's streaming attention (its
+  reference) and a NumPy oracle, over caches that are empty, filling and full, sinks with and
+  without a sink query, full attention, several splits of the cache, D = 16 / 32 / 64 / 128,
+  float32 and bf16.
+* ``pallas_kernels/memory_step``: against the library's one-step update (its reference) and a
+  NumPy oracle, every rule and read order, with and without the normaliser and query
+  normalisation, a step that writes nothing, D = 16 / 32 / 64 / 128, float32 and bf16.
+
+Both through ``dispatch`` (``l1_stream``, ``l2_step``) and a model's decode steps, and their
+Triton lowering for CUDA. On a machine whose default JAX backend is a GPU the kernel cases
+run compiled.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.decode_attention import ops, reference
+from pallas_kernels.memory_step import ops as step_ops, reference as step_reference
 from tensorcache import dispatch, inference
 from tests._util import assert_close, assert_differs, forward, init_model, normal, small_config, tokens
 from tests.test_inference import _cache_positions, _oracle
@@ -93,12 +100,22 @@ def test_plan_fills_the_gpu_and_tiles_the_cache():
 
 
 @pytest.mark.parametrize("mechanism", ["tc", "sinks", "full"])
-def test_model_decode_through_the_kernel(mechanism, monkeypatch):
-  """``impl="pallas"`` decode steps run the kernel (counted) and equal the parallel forward."""
-  calls = []
-  real = ops.decode_attention
-  monkeypatch.setattr(ops, "decode_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
-  cfg = small_config(mechanism=mechanism, window=16, rule="delta", impl="pallas")
+def test_model_decode_through_the_kernels(mechanism, monkeypatch):
+  """``impl="pallas"`` decode steps run both kernels (counted; the memory step under ``tc``)
+  and equal the parallel forward."""
+  calls = {"attention": 0, "memory": 0}
+
+  def count(module, name, key):
+    real = getattr(module, name)
+
+    def counted(*a, **kw):
+      calls[key] += 1
+      return real(*a, **kw)
+    monkeypatch.setattr(module, name, counted)
+
+  count(ops, "decode_attention", "attention")
+  count(step_ops, "memory_step", "memory")
+  cfg = small_config(mechanism=mechanism, window=16, rule="delta", normalize_read=mechanism == "tc", impl="pallas")
   model, params = init_model(cfg, seed=8)
   toks = tokens(9, length=24)
   want = forward(model, params, toks)
@@ -107,7 +124,7 @@ def test_model_decode_through_the_kernel(mechanism, monkeypatch):
   for t in range(19, 24):
     logits, cache = inference.decode_step(model, params, cache, toks[:, t])
     got.append(logits)
-  assert calls, "the decode steps did not run the kernel"
+  assert calls["attention"] and bool(calls["memory"]) == (mechanism == "tc"), calls
   assert_close(jnp.stack(got, 1), want[:, 19:], 1e-5, mechanism)
 
 
@@ -139,5 +156,103 @@ def test_kernel_lowers_for_cuda():
     args = [s((batch, 12, 64)), s((batch, 12, 1024, 64)), s((batch, 12, 1024, 64)), s((1024,), jnp.int32),
             s((batch, 12, 64)), s((batch, 12, 64)), s((), jnp.int32)]
     lowered = jax.jit(lambda *a: ops.decode_attention(*a, window=1024)).trace(*args).lower(
+        lowering_platforms=("cuda",))
+    assert lowered.as_text().count("__gpu$xla.gpu.triton") == 1
+
+
+# ------------------------------------------------------------------ memory step
+
+
+def _step_oracle(q, k, v, g, eta, A, z, rule, read_first, normalize_q):
+  """The one-step update in float64 NumPy, written out per rule."""
+  q, k, v, A = (np.asarray(x, np.float64) for x in (q, k, v, A))
+  unit = lambda x: x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-5)
+  q = unit(q) if normalize_q else q
+  k = unit(k)
+  lam = np.exp(np.asarray(g, np.float64))[None, :, None, None]
+  eta = np.asarray(eta, np.float64)[None, :, None, None]
+  if rule == "delta":
+    v = v - np.einsum("bhd,bhde->bhe", k, A)
+  upd = k[..., :, None] * v[..., None, :]
+  if rule == "wedge":
+    upd = upd - v[..., :, None] * k[..., None, :]
+  A_new = lam * A + eta * upd
+  r = np.einsum("bhd,bhde->bhe", q, A if read_first else A_new)
+  if z is None:
+    return r, None, A_new, None
+  z = np.asarray(z, np.float64)
+  z_new = lam[..., 0] * z + eta[..., 0] * k
+  return r, np.sum(q * (z if read_first else z_new), -1), A_new, z_new
+
+
+def _step_inputs(seed, D, with_z, dtype=jnp.float32):
+  H = 3
+  q, k, v = (normal(seed + i, (B, H, D)).astype(dtype) for i in range(3))
+  k = k.at[1, 2].set(0)  # a step that writes nothing to this head
+  g = -0.2 * jax.random.uniform(jax.random.PRNGKey(seed + 3), (H,))
+  eta = jax.random.uniform(jax.random.PRNGKey(seed + 4), (H,), minval=0.1, maxval=1.0)
+  A = normal(seed + 5, (B, H, D, D), 0.3)
+  z = normal(seed + 6, (B, H, D)) if with_z else None
+  return q, k, v, g, eta, A, z
+
+
+@pytest.mark.parametrize("rule", ["outer", "delta", "wedge"])
+@pytest.mark.parametrize("read_first,with_z,normalize_q,D", [
+    (False, False, False, 64), (True, True, False, 32), (False, True, True, 16), (True, False, True, 128)])
+def test_memory_step_equals_reference_and_oracle(rule, read_first, with_z, normalize_q, D):
+  seed = 7 * D + 3 * with_z + read_first
+  args = _step_inputs(seed, D, with_z)
+  statics = dict(rule=rule, read_first=read_first, normalize_q=normalize_q)
+  got = step_ops.memory_step(*args, **statics, interpret=not ON_GPU)
+  want = step_reference.memory_step(*args, **statics)
+  oracle = _step_oracle(*args, **statics)
+  for name, a, b, c in zip(["r", "qz", "A", "z"], got, want, oracle):
+    assert (a is None) == (b is None) == (c is None) == (name in ("qz", "z") and not with_z), name
+    if a is not None:
+      assert a.dtype == jnp.float32
+      assert_close(a, b, 1e-5, f"{name} vs reference")
+      assert_close(a, c, 1e-5, f"{name} vs oracle")
+  np.testing.assert_allclose(got[2][1, 2], jnp.exp(args[3][2]) * args[5][1, 2], rtol=1e-6)  # nothing written
+  assert_differs(got[2], args[5], what="the write")
+
+
+def test_memory_step_bf16_inputs():
+  """bf16 query, key and value are read as float32: the result is the float32 step of the
+  rounded inputs."""
+  args = _step_inputs(40, 64, True, jnp.bfloat16)
+  got = step_ops.memory_step(*args, rule="delta", interpret=not ON_GPU)
+  want = step_reference.memory_step(*(x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x for x in args),
+                                    rule="delta")
+  for a, b in zip(got, want):
+    assert_close(a, b, 1e-5, "bf16 inputs")
+
+
+def test_l2_step_dispatch(monkeypatch):
+  """``l2_step`` runs the kernel under ``PALLAS`` (and ``AUTO`` on GPU), never under ``XLA``;
+  a head dim the kernel does not take falls back; all equal the one-step ``l2_scan``."""
+  calls = []
+  real = step_ops.memory_step
+  monkeypatch.setattr(step_ops, "memory_step", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+  q, k, v, g, eta, A, z = _step_inputs(50, 32, True)
+  one = lambda x: x[:, None]
+  step = lambda impl, D=32: dispatch.l2_step(one(q[..., :D]), one(k[..., :D]), one(v[..., :D]), g[None], eta,
+                                             A[..., :D, :D], z[..., :D], rule="delta", impl=impl)
+  want = dispatch.l2_scan(one(q), one(k), one(v), g[None], eta, A, z, rule="delta", chunk=4, impl="xla")
+  for impl, n in [("pallas", 1), ("xla", 1), ("auto", 1 + ON_GPU)]:
+    got = step(impl)
+    assert len(calls) == n, impl
+    for a, b in zip(got, want):
+      assert_close(a, b, 1e-5, impl)
+  step("pallas", D=24)  # not a power of two: XLA
+  assert len(calls) == 1 + ON_GPU
+
+
+def test_memory_step_lowers_for_cuda():
+  """The kernel passes the Pallas Triton lowering for CUDA at the GPT-124M decode shapes."""
+  s = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype)
+  for batch, with_z in [(1, False), (64, True)]:
+    args = [s((batch, 12, 64), jnp.bfloat16)] * 3 + [s((12,)), s((12,)), s((batch, 12, 64, 64))]
+    args += [s((batch, 12, 64))] if with_z else [None]
+    lowered = jax.jit(lambda *a: step_ops.memory_step(*a, rule="delta")).trace(*args).lower(
         lowering_platforms=("cuda",))
     assert lowered.as_text().count("__gpu$xla.gpu.triton") == 1
