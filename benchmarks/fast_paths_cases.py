@@ -514,8 +514,11 @@ def decode_generate(S, model, params, prompts, opts, emit) -> None:
 def decode_steps(S, cfg, model, params, prompt, emit) -> None:
   """``inference.decode_step`` called from Python once per token (greedy): the prompt is fed
   step by step (one compiled program for all of it), then ``S.decode_steps`` steps are timed:
-  one dispatch from Python per token, which ``generate``'s single jit avoids."""
+  one dispatch from Python per token, which ``generate``'s single jit avoids. The weights are
+  cast to the compute dtype once before the loop (``inference.compute_params``; runs 9 and
+  earlier cast them every step)."""
   B, P = prompt.shape
+  params = inference.compute_params(cfg, params)
   cache = inference.init_cache(cfg, B)
   for t in range(P):
     logits, cache = inference.decode_step(model, params, cache, prompt[:, t])

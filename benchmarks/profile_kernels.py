@@ -85,9 +85,8 @@ def train_case(S, arm: str):
 def decode_case(S, new_tokens: int):
   _, model, params = fc.stream_model(S)
   prompt = jax.random.randint(jax.random.PRNGKey(5), (1, S.decode_prompt), 0, S.vocab)
-  gen = jax.jit(lambda p, t: inference.generate(model, p, t, new_tokens, temperature=0.0,
-                                                 prefill_chunk=S.decode_prompt))
-  return lambda: gen(params, prompt)
+  return lambda: inference.generate(model, params, prompt, new_tokens, temperature=0.0,
+                                    prefill_chunk=S.decode_prompt)
 
 
 def main() -> None:

@@ -8,9 +8,9 @@ arrive in the compute dtype (bf16 in training); implementations cast to float32 
 (dense ``T x T`` attention, per-token memory recurrence), ``XLA`` the chunked forms,
 ``PALLAS`` the Pallas kernels where one exists (the exact memory scan; the decode step's L1
 attention and memory step; ``AUTO``'s choice for the other ops); ``AUTO`` picks the fastest
-implementation for the platform the op is lowered for (on GPU the two decode kernels, but the
-memory scan stays XLA: that kernel measured slower there, see
-``pallas_kernels/memory_scan/README.md``).
+implementation for the platform the op is lowered for (on GPU the decode-attention kernel;
+the memory scan and memory step stay XLA, their kernels measured slower or no faster there:
+``pallas_kernels/*/README.md``).
 """
 
 from __future__ import annotations
@@ -89,9 +89,9 @@ def l1_stream(q, k_cache, v_cache, cache_pos, k, v, positions, *, window, num_si
   A decode step (``P = 1``) runs ``pallas_kernels/decode_attention`` (forward only) under
   ``AUTO`` on GPU (cuda) and under ``PALLAS`` (interpreted off GPU): one kernel reads each
   cached key and value once, where XLA runs the scores, the softmax and the value product as separate
-  kernels. It falls back to XLA for head dims that are not a power of two (at least 16) and
-  caches whose slot count is not a multiple of 16 (``decode_attention.ops.supported``); on TPU
-  and CPU ``AUTO`` runs XLA.
+  kernels (its gradient is the XLA form's). It falls back to XLA for head dims that are not a
+  power of two from 16 to 128 and caches whose slot count is not a multiple of 16
+  (``decode_attention.ops.supported``); on TPU and CPU ``AUTO`` runs XLA.
   """
   impl = Impl(impl)
   if impl is Impl.REFERENCE:
@@ -148,13 +148,15 @@ def l2_scan(q, k, v, g, eta, A, z=None, *, rule, chunk, read_first=False, normal
 
 def l2_step(q, k, v, g, eta, A, z=None, *, rule, read_first=False, normalize_q=False, impl=Impl.AUTO):
   """One step of the memory, a decode step: ``l2_scan`` of a stream of one step (``q, k, v``
-  ``[B, 1, H, D]``, ``g [1, H]``), forward only (inference takes no gradient).
+  ``[B, 1, H, D]``, ``g [1, H]``).
 
-  ``AUTO`` on GPU (cuda) and ``PALLAS`` (interpreted off GPU) run
-  ``pallas_kernels/memory_step``: key normalisation, write and read in one kernel, the state
-  updated in place, where XLA runs five to eight small kernels. It falls back to the direct
-  XLA update (``memory.memory_recurrence``) for head dims that are not a power of two from 16
-  to 128; ``AUTO`` on TPU and CPU, ``XLA`` and ``REFERENCE`` run that update.
+  ``PALLAS`` runs ``pallas_kernels/memory_step`` on GPU (cuda; interpreted elsewhere): key
+  normalisation, write and read in one kernel (its gradient is the XLA update's). It falls
+  back to the direct XLA update (``memory.memory_recurrence``) for head dims that are not a
+  power of two from 16 to 128. ``AUTO``, ``XLA`` and ``REFERENCE`` run that update: the
+  kernel has not measured faster inside a decode step (one H200, GPT-124M, runs 8 and 9 of
+  ``results/fast_paths``, one each: ``generate`` 2 % slower at batch 1 and 3 % faster at batch
+  64, the Python ``decode_step`` loop 30 % and 24 % slower).
   """
   impl = Impl(impl)
 
@@ -162,7 +164,7 @@ def l2_step(q, k, v, g, eta, A, z=None, *, rule, read_first=False, normalize_q=F
     q, k, v = memory.prepare(q, k, v, normalize_q)
     return memory.memory_recurrence(q, k, v, g, eta, A, rule, read_first, z)
 
-  if impl not in (Impl.AUTO, Impl.PALLAS) or not memory_step_ops.supported(q.shape[-1]):
+  if impl is not Impl.PALLAS or not memory_step_ops.supported(q.shape[-1]):
     return xla(q, k, v, g, eta, A, z)
 
   def kernel(interpret=False):
@@ -172,8 +174,7 @@ def l2_step(q, k, v, g, eta, A, z=None, *, rule, read_first=False, normalize_q=F
       return r[:, None], (None if qz is None else qz[:, None]), A, z
     return run
 
-  default = kernel(interpret=True) if impl is Impl.PALLAS else xla
-  return jax.lax.platform_dependent(q, k, v, g, eta, A, z, cuda=kernel(), default=default)
+  return jax.lax.platform_dependent(q, k, v, g, eta, A, z, cuda=kernel(), default=kernel(interpret=True))
 
 
 def _pallas_memory_scan(q, k, v, g, eta, A, z, *, rule, read_first):

@@ -156,3 +156,30 @@ def nll(model: GPT, params, toks):
 
 # Loss and gradient w.r.t. params (and the logits as aux), compiled once per config.
 value_and_grad = jax.jit(jax.value_and_grad(nll, argnums=1, has_aux=True), static_argnums=0)
+
+
+def cache_positions(size: int, num_sinks: int, pos: int) -> np.ndarray:
+  """Slot positions after streaming positions ``0 .. pos - 1`` (sinks, then a ring)."""
+  held = np.full(size, -1)
+  for p in range(pos):
+    held[p if p < num_sinks else num_sinks + (p - num_sinks) % (size - num_sinks)] = p
+  return held
+
+
+def attention_oracle(q, k_c, v_c, pos_c, k, v, pos_p, window, num_sinks, q_sink, use_cache=True):
+  """Per query, per head: a float64 softmax over the visible keys, listed one by one (cache
+  ``[B, H, S, D]``, chunk ``[B, P, H, D]``)."""
+  q, k_c, v_c, k, v = (np.asarray(x, np.float64) for x in (q, k_c, v_c, k, v))
+  qs = q if q_sink is None else np.asarray(q_sink, np.float64)
+  keys = [(k_c[:, :, s], v_c[:, :, s], int(pos_c[s])) for s in range(k_c.shape[2]) if use_cache]
+  keys += [(k[:, j], v[:, j], int(pos_p[j])) for j in range(k.shape[1])]
+  out = np.zeros_like(q)
+  for i, t in enumerate(np.asarray(pos_p)):
+    seen = [(kk, vv, s) for kk, vv, s in keys
+            if 0 <= s <= t and (window is None or s > t - window or s < num_sinks)]
+    scores = np.stack([np.einsum("bhd,bhd->bh", qs[:, i] if s < num_sinks else q[:, i], kk)
+                       for kk, _, s in seen], -1) / np.sqrt(q.shape[-1])
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    out[:, i] = np.einsum("bhs,sbhd->bhd", p, np.stack([vv for _, vv, _ in seen]))
+  return out

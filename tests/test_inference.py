@@ -15,40 +15,14 @@ import pytest
 from tensorcache import cache as cache_lib, dispatch, inference, mechanisms
 from tensorcache.model import GPT
 
-from _util import B, T, VOCAB, assert_close, assert_differs, forward, init_model, normal, small_config, tokens
+from _util import (B, T, VOCAB, assert_close, assert_differs, attention_oracle, cache_positions, forward,
+                   init_model, normal, small_config, tokens)
 from test_model import CASE_IDS, MECH_CASES
 
 W = 8  # small_config's window
 
 
 # ------------------------------------------------------------------ L1 streaming op
-
-
-def _cache_positions(size: int, num_sinks: int, pos: int) -> np.ndarray:
-  """Slot positions after streaming positions ``0 .. pos - 1`` (sinks, then a ring)."""
-  held = np.full(size, -1)
-  for p in range(pos):
-    held[p if p < num_sinks else num_sinks + (p - num_sinks) % (size - num_sinks)] = p
-  return held
-
-
-def _oracle(q, k_c, v_c, pos_c, k, v, pos_p, window, num_sinks, q_sink, use_cache=True):
-  """Per query, per head: a float64 softmax over the visible keys, listed one by one (cache
-  ``[B, H, S, D]``, chunk ``[B, P, H, D]``)."""
-  q, k_c, v_c, k, v = (np.asarray(x, np.float64) for x in (q, k_c, v_c, k, v))
-  qs = q if q_sink is None else np.asarray(q_sink, np.float64)
-  keys = [(k_c[:, :, s], v_c[:, :, s], int(pos_c[s])) for s in range(k_c.shape[2]) if use_cache]
-  keys += [(k[:, j], v[:, j], int(pos_p[j])) for j in range(k.shape[1])]
-  out = np.zeros_like(q)
-  for i, t in enumerate(np.asarray(pos_p)):
-    seen = [(kk, vv, s) for kk, vv, s in keys
-            if 0 <= s <= t and (window is None or s > t - window or s < num_sinks)]
-    scores = np.stack([np.einsum("bhd,bhd->bh", qs[:, i] if s < num_sinks else q[:, i], kk)
-                       for kk, _, s in seen], -1) / np.sqrt(q.shape[-1])
-    p = np.exp(scores - scores.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    out[:, i] = np.einsum("bhs,sbhd->bhd", p, np.stack([vv for _, vv, _ in seen]))
-  return out
 
 
 STREAM_CASES = {  # size, num_sinks, window, pos, P, q_sink
@@ -72,14 +46,14 @@ def test_l1_stream_equals_oracle(case, impl):
   q, k, v = (normal(seed + i, (B, P, H, D)) for i in range(3))
   k_c, v_c = (normal(seed + 3 + i, (B, H, size, D)) for i in range(2))
   q_sink = normal(seed + 5, (B, P, H, D)) if sink else None
-  pos_c = jnp.asarray(_cache_positions(size, n, pos), jnp.int32)
+  pos_c = jnp.asarray(cache_positions(size, n, pos), jnp.int32)
   pos_p = pos + jnp.arange(P)
   out = dispatch.l1_stream(q, k_c, v_c, pos_c, k, v, pos_p, window=window, num_sinks=n, q_sink=q_sink, impl=impl)
   assert out.shape == (B, P, H, D) and out.dtype == jnp.float32
-  want = _oracle(q, k_c, v_c, pos_c, k, v, pos_p, window, n, q_sink)
+  want = attention_oracle(q, k_c, v_c, pos_c, k, v, pos_p, window, n, q_sink)
   assert_close(out, want, 1e-5, case)
   if case != "P_gt_W":  # there the cache is out of every query's window
-    assert_differs(out, _oracle(q, k_c, v_c, pos_c, k, v, pos_p, window, n, q_sink, use_cache=False),
+    assert_differs(out, attention_oracle(q, k_c, v_c, pos_c, k, v, pos_p, window, n, q_sink, use_cache=False),
                    what="without the cache")
 
 
@@ -88,11 +62,11 @@ def test_l1_stream_bf16():
   size, n, window, pos, P, _ = STREAM_CASES["sinks_absolute"]
   q, k, v = (normal(90 + i, (B, P, 2, 16)).astype(jnp.bfloat16) for i in range(3))
   k_c, v_c = (normal(93 + i, (B, 2, size, 16)).astype(jnp.bfloat16) for i in range(2))
-  pos_c = jnp.asarray(_cache_positions(size, n, pos), jnp.int32)
+  pos_c = jnp.asarray(cache_positions(size, n, pos), jnp.int32)
   pos_p = pos + jnp.arange(P)
   out = dispatch.l1_stream(q, k_c, v_c, pos_c, k, v, pos_p, window=window, num_sinks=n, impl="xla")
   assert out.dtype == jnp.bfloat16
-  assert_close(out, _oracle(q, k_c, v_c, pos_c, k, v, pos_p, window, n, None), 2e-2, "bf16")
+  assert_close(out, attention_oracle(q, k_c, v_c, pos_c, k, v, pos_p, window, n, None), 2e-2, "bf16")
 
 
 # ------------------------------------------------------------------ evicted pairs
@@ -102,7 +76,7 @@ def test_l1_stream_bf16():
 def test_evicted_stream_positions(pos, P):
   """Keys and values that encode their position: step ``i`` gets ``pos + i - W`` (valid iff
   >= 0) from the ring for ``P <= W``, and from the chunk itself past the first ``W``."""
-  held = _cache_positions(W, 0, pos)
+  held = cache_positions(W, 0, pos)
   code = lambda p: jnp.broadcast_to(jnp.asarray(p, jnp.float32)[None, :, None, None], (B, len(p), 2, 4))
   kv = cache_lib.KVCache(code(held).swapaxes(1, 2), -code(held).swapaxes(1, 2))  # [B, H, W, D]
   chunk = pos + np.arange(P)
@@ -174,6 +148,8 @@ def test_compute_params_cast_once_changes_nothing():
   np.testing.assert_array_equal(np.asarray(forward(model, cast, toks)), np.asarray(forward(model, params, toks)))
   extend = lambda p: model.apply(p, toks[:, :5], inference.init_cache(cfg, B), method=GPT.extend)[0]
   np.testing.assert_array_equal(np.asarray(extend(cast)), np.asarray(extend(params)))
+  step = lambda p: inference.decode_step(model, p, inference.prefill(model, p, toks[:, :5])[1], toks[:, 5])[0]
+  np.testing.assert_array_equal(np.asarray(step(cast)), np.asarray(step(params)))
 
 
 # ------------------------------------------------------------------ bounded prefill memory
@@ -190,7 +166,8 @@ def test_prefill_memory_grows_only_with_tokens(mode):
   def nbytes(mode, length):
     toks = jax.ShapeDtypeStruct((B, length), jnp.int32)
     targets = toks if mode == "targets" else None
-    stats = inference._stream_jit.lower(model, mode, 16, params, None, toks, targets).compile().memory_analysis()
+    cache = jax.eval_shape(lambda: inference.init_cache(cfg, B))
+    stats = inference._stream_jit.lower(model, mode, 16, params, cache, toks, targets).compile().memory_analysis()
     return stats.temp_size_in_bytes + stats.output_size_in_bytes
 
   short, long = 256, 4096

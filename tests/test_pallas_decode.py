@@ -15,6 +15,8 @@ run compiled.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,8 +25,9 @@ import pytest
 from pallas_kernels.decode_attention import ops, reference
 from pallas_kernels.memory_step import ops as step_ops, reference as step_reference
 from tensorcache import dispatch, inference
-from tests._util import assert_close, assert_differs, forward, init_model, normal, small_config, tokens
-from tests.test_inference import _cache_positions, _oracle
+from tensorcache.model import GPT
+from _util import (assert_close, assert_differs, attention_oracle, cache_positions, forward, init_model, normal,
+                   small_config, tokens)
 
 ON_GPU = jax.devices()[0].platform == "gpu"
 B = 2
@@ -48,7 +51,7 @@ def _inputs(case: str, dtype=jnp.float32):
   q, k, v = (normal(seed + i, (B, H, D)).astype(dtype) for i in range(3))
   k_c, v_c = (normal(seed + 3 + i, (B, H, size, D)).astype(dtype) for i in range(2))
   q_sink = normal(seed + 5, (B, H, D)).astype(dtype) if sink else None
-  return (q, k_c, v_c, jnp.asarray(_cache_positions(size, n, pos), jnp.int32), k, v, pos), q_sink
+  return (q, k_c, v_c, jnp.asarray(cache_positions(size, n, pos), jnp.int32), k, v, pos), q_sink
 
 
 def _kernel(case: str, dtype=jnp.float32):
@@ -68,21 +71,28 @@ def test_kernel_equals_reference_and_oracle(case):
   assert_close(out, reference.decode_attention(*args, window=window, num_sinks=n, q_sink_BHD=q_sink), 1e-5, case)
   q, k_c, v_c, pos_c, k, v, _ = args
   chunk = lambda x: None if x is None else x[:, None]
-  want = _oracle(chunk(q), k_c, v_c, pos_c, chunk(k), chunk(v), [pos], window, n, chunk(q_sink))[:, 0]
+  want = attention_oracle(chunk(q), k_c, v_c, pos_c, chunk(k), chunk(v), [pos], window, n, chunk(q_sink))[:, 0]
   assert_close(out, want, 1e-5, f"{case} vs oracle")
   if pos:  # the cache matters
-    alone = _oracle(chunk(q), k_c, v_c, pos_c, chunk(k), chunk(v), [pos], window, n, chunk(q_sink), use_cache=False)
+    alone = attention_oracle(chunk(q), k_c, v_c, pos_c, chunk(k), chunk(v), [pos], window, n, chunk(q_sink),
+                             use_cache=False)
     assert_differs(out, alone[:, 0], what="without the cache")
 
 
 @pytest.mark.parametrize("case", ["ring", "sinks_cache", "full"])
 def test_kernel_bf16(case):
-  """bf16 cache and queries: float32 statistics and sums; the reference rounds its
+  """bf16 cache and queries: float32 statistics and sums, so the kernel is the float64 softmax
+  of the bf16 inputs up to the output's bf16 rounding; the reference rounds its
   probabilities to bf16 before the value product, the kernel does not."""
   size, n, window, pos, _, _, _ = CASES[case]
   args, q_sink = _inputs(case, jnp.bfloat16)
   out = _kernel(case, jnp.bfloat16)
   assert out.dtype == jnp.bfloat16
+  q, k_c, v_c, pos_c, k, v, _ = args
+  chunk = lambda x: None if x is None else x[:, None].astype(jnp.float32)
+  want = attention_oracle(chunk(q), k_c.astype(jnp.float32), v_c.astype(jnp.float32), pos_c, chunk(k), chunk(v),
+                          [pos], window, n, chunk(q_sink))[:, 0]
+  assert_close(out.astype(jnp.float32), want, 8e-3, f"{case} vs float64 oracle")
   assert_close(out, reference.decode_attention(*args, window=window, num_sinks=n, q_sink_BHD=q_sink), 2e-2, case)
 
 
@@ -99,10 +109,13 @@ def test_plan_fills_the_gpu_and_tiles_the_cache():
     ops.decode_attention(*args, window=32, block=16, n_split=3, interpret=True)
 
 
-@pytest.mark.parametrize("mechanism", ["tc", "sinks", "full"])
-def test_model_decode_through_the_kernels(mechanism, monkeypatch):
-  """``impl="pallas"`` decode steps run both kernels (counted; the memory step under ``tc``)
-  and equal the parallel forward."""
+@pytest.mark.parametrize("variant", [
+    dict(mechanism="tc", rule="delta", normalize_read=True), dict(mechanism="tc", rule="outer", two_timescales=True),
+    dict(mechanism="tc", rule="wedge", compat="reference"), dict(mechanism="sinks"), dict(mechanism="full")], ids=str)
+def test_model_decode_through_the_kernels(variant, monkeypatch):
+  """``impl="pallas"`` decode steps run both kernels (counted; the memory step under ``tc``,
+  for both timescales and the reference's read-first order too) and equal XLA's decode
+  steps and, where training sees the same window, the parallel forward."""
   calls = {"attention": 0, "memory": 0}
 
   def count(module, name, key):
@@ -115,22 +128,28 @@ def test_model_decode_through_the_kernels(mechanism, monkeypatch):
 
   count(ops, "decode_attention", "attention")
   count(step_ops, "memory_step", "memory")
-  cfg = small_config(mechanism=mechanism, window=16, rule="delta", normalize_read=mechanism == "tc", impl="pallas")
+  cfg = small_config(window=16, impl="pallas", **variant)
   model, params = init_model(cfg, seed=8)
   toks = tokens(9, length=24)
-  want = forward(model, params, toks)
-  _, cache = inference.prefill(model, params, toks[:, :19], chunk=19)
-  got = []
-  for t in range(19, 24):
-    logits, cache = inference.decode_step(model, params, cache, toks[:, t])
-    got.append(logits)
-  assert calls["attention"] and bool(calls["memory"]) == (mechanism == "tc"), calls
-  assert_close(jnp.stack(got, 1), want[:, 19:], 1e-5, mechanism)
+
+  def decode(model):
+    _, cache = inference.prefill(model, params, toks[:, :19], chunk=19)
+    got = []
+    for t in range(19, 24):
+      logits, cache = inference.decode_step(model, params, cache, toks[:, t])
+      got.append(logits)
+    return jnp.stack(got, 1)
+
+  got = decode(model)
+  assert calls["attention"] and bool(calls["memory"]) == (cfg.mechanism == "tc"), calls
+  assert_close(got, decode(GPT(cfg.replace(impl="xla"))), 1e-5, "vs XLA decode")
+  if cfg.compat != "reference":  # the reference trains on W + 1 keys
+    assert_close(got, forward(model, params, toks)[:, 19:], 1e-5, "vs parallel forward")
 
 
 def test_dispatch_takes_the_kernel_for_one_token_only(monkeypatch):
   """``PALLAS`` runs the kernel for a one-token chunk, ``XLA`` never, ``AUTO`` on GPU only;
-  a longer chunk stays on XLA."""
+  a longer chunk stays on XLA. Every path equals the float64 oracle."""
   size, n, window, pos, _, D, _ = CASES["ring"]
   q, k_c, v_c, pos_c, k, v, _ = _inputs("ring")[0]
   calls = []
@@ -139,13 +158,49 @@ def test_dispatch_takes_the_kernel_for_one_token_only(monkeypatch):
   stream = lambda impl, P=1: dispatch.l1_stream(
       q[:, None].repeat(P, 1), k_c, v_c, pos_c, k[:, None].repeat(P, 1), v[:, None].repeat(P, 1),
       pos + jnp.arange(P), window=window, impl=impl)
-  out = stream("pallas")
+  want = lambda P=1: attention_oracle(q[:, None].repeat(P, 1), k_c, v_c, pos_c, k[:, None].repeat(P, 1),
+                                      v[:, None].repeat(P, 1), pos + np.arange(P), window, 0, None)
+  assert_close(stream("pallas"), want(), 1e-5, "pallas")
   assert len(calls) == 1
-  stream("xla"), stream("pallas", P=2)
+  assert_close(stream("xla"), want(), 1e-5, "xla")
+  assert_close(stream("pallas", P=2), want(2), 1e-5, "pallas, two tokens")
   assert len(calls) == 1
-  stream("auto")
+  assert_close(stream("auto"), want(), 1e-5, "auto")
   assert len(calls) == 1 + ON_GPU
-  assert_close(out[:, 0], reference.decode_attention(q, k_c, v_c, pos_c, k, v, pos, window=window), 1e-5)
+
+
+@pytest.mark.parametrize("impl", ["auto", "pallas"])
+def test_decode_ops_differentiate(impl):
+  """A gradient through a one-token step compiles on any platform and equals the XLA form's:
+  ``lax.platform_dependent`` differentiates every platform's branch, the GPU kernels' too, and
+  each kernel's op takes its reference's gradient. The attention's is checked against the
+  concatenating reference (another code path)."""
+  size, n, window, pos, _, _, _ = CASES["sinks_cache"]
+  (q, k_c, v_c, pos_c, k, v, _), q_sink = _inputs("sinks_cache")
+  cot = normal(90, (B, 1) + q.shape[1:])
+  one = lambda x: x[:, None]
+
+  def attn_loss(impl, q, k_c, v_c, k, v, q_sink):
+    out = dispatch.l1_stream(one(q), k_c, v_c, pos_c, one(k), one(v), jnp.array([pos]), window=window,
+                             num_sinks=n, q_sink=one(q_sink), impl=impl)
+    return jnp.sum(out * cot)
+
+  grads = lambda impl: jax.jit(jax.grad(functools.partial(attn_loss, impl), argnums=tuple(range(6))))(
+      q, k_c, v_c, k, v, q_sink)
+  for name, a, b in zip(["q", "k_cache", "v_cache", "k", "v", "q_sink"], grads(impl), grads("reference")):
+    assert_close(a, b, 1e-5, f"attention d{name}")
+
+  q, k, v, g, eta, A, z = _step_inputs(91, 32, True)
+  cots = [normal(92 + i, x.shape) for i, x in enumerate([q[:, None], q[:, None, :, 0], A, z])]
+
+  def step_loss(impl, q, k, v, g, eta, A, z):
+    outs = dispatch.l2_step(one(q), one(k), one(v), g[None], eta, A, z, rule="delta", normalize_q=True, impl=impl)
+    return sum(jnp.sum(o * c) for o, c in zip(outs, cots))
+
+  grads = lambda impl: jax.jit(jax.grad(functools.partial(step_loss, impl), argnums=tuple(range(7))))(
+      q, k, v, g, eta, A, z)
+  for name, a, b in zip(["q", "k", "v", "g", "eta", "A", "z"], grads(impl), grads("xla")):
+    assert_close(a, b, 1e-5, f"memory step d{name}")
 
 
 def test_kernel_lowers_for_cuda():
@@ -228,8 +283,8 @@ def test_memory_step_bf16_inputs():
 
 
 def test_l2_step_dispatch(monkeypatch):
-  """``l2_step`` runs the kernel under ``PALLAS`` (and ``AUTO`` on GPU), never under ``XLA``;
-  a head dim the kernel does not take falls back; all equal the one-step ``l2_scan``."""
+  """``l2_step`` runs the kernel under ``PALLAS`` only (``AUTO`` and ``XLA`` run the XLA
+  update); a head dim the kernel does not take falls back; all equal the float64 oracle."""
   calls = []
   real = step_ops.memory_step
   monkeypatch.setattr(step_ops, "memory_step", lambda *a, **kw: calls.append(1) or real(*a, **kw))
@@ -237,14 +292,13 @@ def test_l2_step_dispatch(monkeypatch):
   one = lambda x: x[:, None]
   step = lambda impl, D=32: dispatch.l2_step(one(q[..., :D]), one(k[..., :D]), one(v[..., :D]), g[None], eta,
                                              A[..., :D, :D], z[..., :D], rule="delta", impl=impl)
-  want = dispatch.l2_scan(one(q), one(k), one(v), g[None], eta, A, z, rule="delta", chunk=4, impl="xla")
-  for impl, n in [("pallas", 1), ("xla", 1), ("auto", 1 + ON_GPU)]:
-    got = step(impl)
-    assert len(calls) == n, impl
-    for a, b in zip(got, want):
-      assert_close(a, b, 1e-5, impl)
-  step("pallas", D=24)  # not a power of two: XLA
-  assert len(calls) == 1 + ON_GPU
+  want = lambda D=32: _step_oracle(q[..., :D], k[..., :D], v[..., :D], g, eta, A[..., :D, :D], z[..., :D], "delta",
+                                   False, False)
+  for impl, n, D in [("pallas", 1, 32), ("xla", 1, 32), ("auto", 1, 32), ("pallas", 1, 24)]:  # D 24: XLA
+    got = step(impl, D)
+    assert len(calls) == n, (impl, D)
+    for name, a, b in zip(["r", "qz", "A", "z"], got, want(D)):
+      assert_close(a[:, 0] if name in ("r", "qz") else a, b, 1e-5, f"{impl}, D={D}: {name}")
 
 
 def test_memory_step_lowers_for_cuda():

@@ -22,7 +22,7 @@ import pytest
 
 from pallas_kernels.memory_scan import ops, reference
 from tensorcache import dispatch, memory
-from tests._util import rel_err
+from _util import rel_err
 
 # Per-dtype tolerances (max error / max magnitude of the oracle). Inputs are read as float32
 # in the kernel, so bf16 inputs change only the gradients, which are rounded to bf16.

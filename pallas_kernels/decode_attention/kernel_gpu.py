@@ -26,14 +26,11 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from pallas_kernels import common
+
 f32 = jnp.float32
 NEG = -1e30  # finite "minus infinity": exp(NEG - NEG) stays 1, never NaN
 
-
-def _compiler_params(num_warps: int, num_stages: int):
-  from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
-  cls = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams")
-  return cls(num_warps=num_warps, num_stages=num_stages)
 
 
 def _kernel(pos_ref, slot_ref, q_ref, qs_ref, k_ref, v_ref, acc_ref, ml_ref, *, block, per_split, window,
@@ -83,5 +80,5 @@ def partials(q, q_sink, k, v, slot_pos, pos, *, window, num_sinks, block, n_spli
       in_specs=[whole(1), whole(S), head(D), head(D), head(S, D), head(S, D)],
       out_specs=[split(D), split(2)],
       out_shape=[jax.ShapeDtypeStruct((B, H, n_split, D), f32), jax.ShapeDtypeStruct((B, H, n_split, 2), f32)],
-      interpret=interpret, compiler_params=None if interpret else _compiler_params(num_warps, num_stages),
+      interpret=interpret, compiler_params=None if interpret else common.triton_params(num_warps, num_stages),
   )(pos, slot_pos, q, q if q_sink is None else q_sink, k, v)

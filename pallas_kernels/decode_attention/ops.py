@@ -4,29 +4,31 @@ combines its partial softmax sums with the token's own key.
 ``decode_attention`` has the contract of ``reference.decode_attention`` (the library's
 streaming attention for one token): queries ``[B, H, D]`` at position ``pos`` against the
 cache before the token (``[B, H, S, D]``, slot positions ``[S]``) and the token's own key and
-value ``[B, H, D]``; returns ``[B, H, D]`` in the queries' dtype. Forward only (decoding
-needs no gradient).
+value ``[B, H, D]``; returns ``[B, H, D]`` in the queries' dtype. The kernel runs forward only; a
+gradient through the op is the reference's (``common.with_reference_grad``).
 
 The token's own key is always visible to its query, so the combine never divides by zero:
 ``M = max(s_self, m_1 .. m_n)``, ``out = (e^{s_self - M} v + sum_j e^{m_j - M} acc_j) /
-(e^{s_self - M} + sum_j e^{m_j - M} l_j)``. The cache is read in place: the token's slot still
-holds the pair it evicts, which the mask hides (a ring of ``W`` slots keeps exactly the
-``W - 1`` keys before the token that its window sees).
+(e^{s_self - M} + sum_j e^{m_j - M} l_j)``. The cache is read as it was before the token: the
+slot the token will take may still hold the pair it evicts, which the mask hides by its
+position (out of the window), so no copy of the cache is made.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from pallas_kernels.decode_attention import kernel_gpu
+from pallas_kernels import common
+from pallas_kernels.decode_attention import kernel_gpu, reference
 
 f32 = jnp.float32
 TARGET_PROGRAMS = 256  # about two programs per SM of an H100/H200 (132 SMs)
 
 
 def supported(S: int, D: int) -> bool:
-  """Shapes the kernel takes: ``D`` a power of two, ``S`` a multiple of 16."""
-  return D >= 16 and D & (D - 1) == 0 and S % 16 == 0
+  """Shapes the kernel takes: ``D`` a power of two from 16 to 128 (a block of keys and values
+  of 128 x ``D`` float32 each per program), ``S`` a multiple of 16."""
+  return 16 <= D <= 128 and D & (D - 1) == 0 and S % 16 == 0
 
 
 def plan(B: int, H: int, S: int) -> tuple[int, int]:
@@ -47,14 +49,26 @@ def decode_attention(q_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S, k_BHD, v_BHD
   """See the module docstring. ``block``/``n_split`` override ``plan`` (tests)."""
   B, H, S, D = k_cache_BHSD.shape
   if not supported(S, D):
-    raise ValueError(f"decode_attention takes a power-of-two head dim >= 16 and a cache of 16k slots, "
+    raise ValueError(f"decode_attention takes a power-of-two head dim from 16 to 128 and a cache of 16k slots, "
                      f"not D={D}, S={S}; use the library's streaming attention (impl='xla').")
   if block is None or n_split is None:
     block, n_split = plan(B, H, S)
   if S % (block * n_split):
     raise ValueError(f"{n_split} splits of whole {block}-slot blocks do not tile a cache of {S} slots.")
-  pos = jnp.reshape(jnp.asarray(pos, jnp.int32), (1,))
-  acc, ml = kernel_gpu.partials(q_BHD, q_sink_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S.astype(jnp.int32), pos,
+  statics = dict(window=window, num_sinks=num_sinks)
+  kernel = lambda *a: _decode_attention(*a, **statics, block=block, n_split=n_split, interpret=interpret)
+  ref = lambda q, k_c, v_c, slots, k, v, pos, q_sink: reference.decode_attention(
+      q, k_c, v_c, slots, k, v, pos, **statics, q_sink_BHD=q_sink)
+  args = (q_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S.astype(jnp.int32), k_BHD, v_BHD,
+          jnp.asarray(pos, jnp.int32), q_sink_BHD)
+  return common.with_reference_grad(kernel, ref)(*args)
+
+
+def _decode_attention(q_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S, k_BHD, v_BHD, pos, q_sink_BHD, *, window,
+                      num_sinks, block, n_split, interpret):
+  D = q_BHD.shape[-1]
+  pos = jnp.reshape(pos, (1,))
+  acc, ml = kernel_gpu.partials(q_BHD, q_sink_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S, pos,
                                 window=window, num_sinks=num_sinks, block=block, n_split=n_split, interpret=interpret)
   scale = 1.0 / jnp.sqrt(f32(D))
   q_self = q_BHD if q_sink_BHD is None else jnp.where(pos[0] < num_sinks, q_sink_BHD, q_BHD)

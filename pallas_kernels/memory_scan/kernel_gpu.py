@@ -30,20 +30,16 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from pallas_kernels import common
 from pallas_kernels.memory_scan import chunk
 
 f32 = jnp.float32
 
 
-def _compiler_params(num_warps: int):
-  from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
-  cls = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams")
-  return cls(num_warps=num_warps, num_stages=1)
-
 
 def _call(kernel, grid, in_specs, out_specs, out_shape, num_warps, interpret):
   return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-                        interpret=interpret, compiler_params=None if interpret else _compiler_params(num_warps))
+                        interpret=interpret, compiler_params=None if interpret else common.triton_params(num_warps))
 
 
 # Grid (B, H, N): one chunk.

@@ -9,10 +9,10 @@ writes nothing, stays zero), writes the pair by the rule and reads the state:
 * ``r = q A'`` (``q A`` with ``read_first``), and with the normaliser ``z' = lam z + eta k``,
   ``qz = <q, z'>`` (``<q, z>``).
 
-The new state is written over the old one (``input_output_aliases``): the step moves the
-state once each way and the few vectors, in one kernel where XLA runs five to eight. Products
-are elementwise multiplies and sums in float32 on the CUDA cores (a one-row matrix product is
-below Triton's 16-row minimum).
+The new state is declared to share the old one's buffer (``input_output_aliases``), so the
+kernel reads and writes the state once each (whether XLA adds a copy around the call depends
+on the program it sits in). Products are elementwise multiplies and sums in float32 on the
+CUDA cores (a one-row matrix product is below Triton's 16-row minimum).
 
 Shapes: ``q, k, v [B, H, D]`` (any float dtype), ``g, eta [H]`` float32, ``A [B, H, D, D]``,
 ``z [B, H, D]`` float32; ``D`` a power of two.
@@ -26,24 +26,19 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from tensorcache.shapes import KEY_NORM_EPS
+from pallas_kernels import common
 
 f32 = jnp.float32
 
 
-def _compiler_params(num_warps: int):
-  from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
-  cls = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams")
-  return cls(num_warps=num_warps, num_stages=1)
 
-
-def _unit(x):
+def _unit(x, eps):
   sq = jnp.sum(x * x)
   norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
-  return x / (norm + KEY_NORM_EPS)
+  return x / (norm + eps)
 
 
-def _kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A_ref, *refs, rule, read_first, normalize_q, with_z):
+def _kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A_ref, *refs, rule, read_first, normalize_q, eps, with_z):
   if with_z:
     z_ref, r_ref, A_out, qz_ref, z_out = refs
   else:
@@ -52,8 +47,8 @@ def _kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A_ref, *refs, rule, read_first,
   lam = jnp.exp(g_ref[h])
   eta = eta_ref[h]
   q = q_ref[...].astype(f32)
-  q = _unit(q) if normalize_q else q
-  k = _unit(k_ref[...].astype(f32))
+  q = _unit(q, eps) if normalize_q else q
+  k = _unit(k_ref[...].astype(f32), eps)
   v = v_ref[...].astype(f32)
   A = A_ref[...]
   if rule == "delta":
@@ -72,7 +67,7 @@ def _kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A_ref, *refs, rule, read_first,
     z_out[...] = z_new
 
 
-def step(q, k, v, g, eta, A, z, *, rule, read_first, normalize_q, interpret=False):
+def step(q, k, v, g, eta, A, z, *, rule, read_first, normalize_q, eps, interpret=False):
   """``(r [B, H, D], qz [B, H] or None, A, z)`` in float32; ``A`` (and ``z``) updated in place."""
   B, H, D = q.shape
   with_z = z is not None
@@ -83,12 +78,13 @@ def step(q, k, v, g, eta, A, z, *, rule, read_first, normalize_q, interpret=Fals
   out_specs = [vec, mat] + [pl.BlockSpec((None, None, 2), lambda b, h: (b, h, 0)), vec] * with_z
   shapes = [jax.ShapeDtypeStruct((B, H, D), f32), jax.ShapeDtypeStruct((B, H, D, D), f32)]
   shapes += [jax.ShapeDtypeStruct((B, H, 2), f32), jax.ShapeDtypeStruct((B, H, D), f32)] * with_z
-  kernel = functools.partial(_kernel, rule=rule, read_first=read_first, normalize_q=normalize_q, with_z=with_z)
+  kernel = functools.partial(_kernel, rule=rule, read_first=read_first, normalize_q=normalize_q, eps=eps,
+                             with_z=with_z)
   aliases = {5: 1, 6: 3} if with_z else {5: 1}
   args = (q, k, v, g.astype(f32), eta.astype(f32), A.astype(f32)) + ((z.astype(f32),) if with_z else ())
   outs = pl.pallas_call(kernel, grid=(B, H), in_specs=in_specs, out_specs=out_specs, out_shape=shapes,
                         input_output_aliases=aliases, interpret=interpret,
-                        compiler_params=None if interpret else _compiler_params(4 if D <= 64 else 8))(*args)
+                        compiler_params=None if interpret else common.triton_params(4 if D <= 64 else 8))(*args)
   if with_z:
     r, A, qz, z = outs
     return r, qz[..., 0], A, z

@@ -1,9 +1,13 @@
 """The memory-step op: one decode step of the memory (see ``kernel_gpu``), with the contract
-of ``reference.memory_step``. Forward only (decoding needs no gradient)."""
+of ``reference.memory_step``. The kernel runs forward only; a gradient through the op is the
+reference's (``common.with_reference_grad``)."""
 
 from __future__ import annotations
 
-from pallas_kernels.memory_step import kernel_gpu
+from pallas_kernels import common
+from pallas_kernels.memory_step import kernel_gpu, reference
+
+RULES = ("outer", "wedge", "delta")
 
 
 def supported(D: int) -> bool:
@@ -18,5 +22,9 @@ def memory_step(q_BHD, k_BHD, v_BHD, g_H, eta_H, A_BHDD, z_BHD=None, *, rule: st
   if not supported(D):
     raise ValueError(f"memory_step takes a head dim that is a power of two from 16 to 128, not {D}; "
                      "use the library's one-step recurrence (impl='xla').")
-  return kernel_gpu.step(q_BHD, k_BHD, v_BHD, g_H, eta_H, A_BHDD, z_BHD, rule=rule, read_first=read_first,
-                         normalize_q=normalize_q, interpret=interpret)
+  if rule not in RULES:
+    raise ValueError(f"Unknown memory rule {rule!r}; choose one of {RULES}.")
+  statics = dict(rule=rule, read_first=read_first, normalize_q=normalize_q)
+  kernel = lambda *a: kernel_gpu.step(*a, **statics, eps=reference.KEY_NORM_EPS, interpret=interpret)
+  ref = lambda *a: reference.memory_step(*a, **statics)
+  return common.with_reference_grad(kernel, ref)(q_BHD, k_BHD, v_BHD, g_H, eta_H, A_BHDD, z_BHD)

@@ -9,6 +9,7 @@ queries too with ``normalize_q``), log decay ``g [H]`` (0: nothing written), wri
 from __future__ import annotations
 
 from tensorcache import memory
+from tensorcache.shapes import KEY_NORM_EPS  # the kernel's too: ops passes it
 
 
 def memory_step(q_BHD, k_BHD, v_BHD, g_H, eta_H, A_BHDD, z_BHD=None, *, rule: str, read_first: bool = False,
