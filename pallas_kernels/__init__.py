@@ -2,8 +2,9 @@
 
 * ``memory_scan``: the exact eviction-fed memory scan, every write rule, forward and backward
   (GPU: Triton lowering; TPU: Mosaic), used through ``tensorcache.dispatch`` (``Impl.PALLAS``).
-* ``decode_attention``: one decode step of streaming L1 attention (GPU: Triton lowering),
-  forward only, used by ``dispatch.l1_stream`` for one-token chunks (``Impl.AUTO`` on GPU).
+* ``decode_attention``: one decode step of streaming L1 attention (GPU: Triton lowering; TPU:
+  Mosaic), forward only, used by ``dispatch.l1_stream`` for one-token chunks (``Impl.AUTO`` on
+  GPU, ``Impl.PALLAS`` on every platform).
 * ``memory_step``: one decode step of the memory (key normalisation, write, read; GPU: Triton
   lowering), used by ``dispatch.l2_step`` under ``Impl.PALLAS`` (it measured no faster than XLA).
 

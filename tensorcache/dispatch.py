@@ -87,11 +87,12 @@ def l1_stream(q, k_cache, v_cache, cache_pos, k, v, positions, *, window, num_si
   ``REFERENCE`` concatenates cache and chunk (``attention.concat_stream_attention``).
 
   A decode step (``P = 1``) runs ``pallas_kernels/decode_attention`` (forward only) under
-  ``AUTO`` on GPU (cuda) and under ``PALLAS`` (interpreted off GPU): one kernel reads each
-  cached key and value once, where XLA runs the scores, the softmax and the value product as separate
-  kernels (its gradient is the XLA form's). It falls back to XLA for head dims that are not a
-  power of two from 16 to 128 and caches whose slot count is not a multiple of 16
-  (``decode_attention.ops.supported``); on TPU and CPU ``AUTO`` runs XLA.
+  ``AUTO`` on GPU (cuda) and under ``PALLAS`` (its Mosaic kernel on TPU, the GPU kernel
+  interpreted elsewhere): one kernel reads each cached key and value once, where XLA runs the
+  scores, the softmax and the value product as separate kernels (its gradient is the XLA
+  form's). It falls back to XLA for head dims that are not a power of two from 16 to 128 and
+  caches whose slot count is not a multiple of 16 (``decode_attention.ops.supported``). On
+  TPU and CPU ``AUTO`` runs XLA: the TPU kernel is compiled and tested, never timed.
   """
   impl = Impl(impl)
   if impl is Impl.REFERENCE:
@@ -101,17 +102,19 @@ def l1_stream(q, k_cache, v_cache, cache_pos, k, v, positions, *, window, num_si
   if q.shape[1] != 1 or impl is Impl.XLA or not decode_ops.supported(k_cache.shape[2], q.shape[-1]):
     return xla(*args)
 
-  def kernel(interpret=False):
+  def kernel(backend, interpret=False):
     def run(q, k_cache, v_cache, cache_pos, k, v, positions):
       one = lambda x: None if x is None else x[:, 0]
       out = decode_ops.decode_attention(one(q), k_cache, v_cache, cache_pos, one(k), one(v), positions[0],
                                         window=window, num_sinks=num_sinks, q_sink_BHD=one(q_sink),
-                                        interpret=interpret)
+                                        backend=backend, interpret=interpret)
       return out[:, None]
     return run
 
-  default = kernel(interpret=True) if impl is Impl.PALLAS else xla
-  return jax.lax.platform_dependent(*args, cuda=kernel(), default=default)
+  if impl is Impl.PALLAS:
+    return jax.lax.platform_dependent(*args, cuda=kernel("gpu"), tpu=kernel("tpu"),
+                                      default=kernel("gpu", interpret=True))
+  return jax.lax.platform_dependent(*args, cuda=kernel("gpu"), default=xla)
 
 
 # ------------------------------------------------------------------ L2

@@ -1,9 +1,10 @@
 """The decode-step kernels in Pallas interpret mode.
 
-* ``pallas_kernels/decode_attention``: against the library's streaming attention (its
-  reference) and a NumPy oracle, over caches that are empty, filling and full, sinks with and
-  without a sink query, full attention, several splits of the cache, D = 16 / 32 / 64 / 128,
-  float32 and bf16.
+* ``pallas_kernels/decode_attention``, its GPU and TPU kernels: against the library's
+  streaming attention (its reference) and a NumPy oracle, over caches that are empty, filling
+  and full, sinks with and without a sink query, full attention, several splits (GPU) and
+  blocks (TPU) of the cache, D = 16 / 32 / 64 / 128, float32 and bf16; the TPU kernel also
+  compiled ahead of time for v5e, v4 and v5p (with libtpu).
 * ``pallas_kernels/memory_step``: against the library's one-step update (its reference) and a
   NumPy oracle, every rule and read order, with and without the normaliser and query
   normalisation, a step that writes nothing, D = 16 / 32 / 64 / 128, float32 and bf16.
@@ -16,6 +17,8 @@ run compiled.
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +44,7 @@ CASES = {  # size, num_sinks, window, pos, q_sink, D, (block, n_split) or None f
     "sinks_cache": (32, 2, 30, 75, True, 16, (8, 4)),
     "sink_token_itself": (32, 2, 30, 1, True, 16, None),
     "full": (48, 0, None, 29, False, 128, (16, 3)),
+    "long_ring": (256, 0, 200, 700, False, 32, (32, 2)),  # the TPU kernel's 128-slot blocks: two
 }
 
 
@@ -54,19 +58,25 @@ def _inputs(case: str, dtype=jnp.float32):
   return (q, k_c, v_c, jnp.asarray(cache_positions(size, n, pos), jnp.int32), k, v, pos), q_sink
 
 
-def _kernel(case: str, dtype=jnp.float32):
+def _kernel(case: str, dtype=jnp.float32, backend="gpu"):
+  """The GPU kernel (compiled on a GPU, else interpreted) with the case's split, or the TPU
+  kernel in interpret mode with 128-slot blocks where they tile the cache."""
   size, n, window, pos, _, _, split = CASES[case]
   args, q_sink = _inputs(case, dtype)
-  block, n_split = split or (None, None)
+  if backend == "tpu":
+    block, n_split, interpret = (128 if size % 128 == 0 else None), None, True
+  else:
+    (block, n_split), interpret = split or (None, None), not ON_GPU
   return ops.decode_attention(*args, window=window, num_sinks=n, q_sink_BHD=q_sink, block=block, n_split=n_split,
-                              interpret=not ON_GPU)
+                              backend=backend, interpret=interpret)
 
 
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_kernel_equals_reference_and_oracle(case):
+def test_kernel_equals_reference_and_oracle(case, backend):
   size, n, window, pos, _, _, _ = CASES[case]
   args, q_sink = _inputs(case)
-  out = _kernel(case)
+  out = _kernel(case, backend=backend)
   assert out.shape == args[0].shape and out.dtype == jnp.float32
   assert_close(out, reference.decode_attention(*args, window=window, num_sinks=n, q_sink_BHD=q_sink), 1e-5, case)
   q, k_c, v_c, pos_c, k, v, _ = args
@@ -79,14 +89,15 @@ def test_kernel_equals_reference_and_oracle(case):
     assert_differs(out, alone[:, 0], what="without the cache")
 
 
-@pytest.mark.parametrize("case", ["ring", "sinks_cache", "full"])
-def test_kernel_bf16(case):
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
+@pytest.mark.parametrize("case", ["ring", "sinks_cache", "full", "long_ring"])
+def test_kernel_bf16(case, backend):
   """bf16 cache and queries: float32 statistics and sums, so the kernel is the float64 softmax
   of the bf16 inputs up to the output's bf16 rounding; the reference rounds its
   probabilities to bf16 before the value product, the kernel does not."""
   size, n, window, pos, _, _, _ = CASES[case]
   args, q_sink = _inputs(case, jnp.bfloat16)
-  out = _kernel(case, jnp.bfloat16)
+  out = _kernel(case, jnp.bfloat16, backend)
   assert out.dtype == jnp.bfloat16
   q, k_c, v_c, pos_c, k, v, _ = args
   chunk = lambda x: None if x is None else x[:, None].astype(jnp.float32)
@@ -107,6 +118,8 @@ def test_plan_fills_the_gpu_and_tiles_the_cache():
   args, _ = _inputs("ring")
   with pytest.raises(ValueError, match="do not tile"):
     ops.decode_attention(*args, window=32, block=16, n_split=3, interpret=True)
+  with pytest.raises(ValueError, match="multiple of 128"):
+    ops.decode_attention(*args, window=32, block=16, backend="tpu", interpret=True)
 
 
 @pytest.mark.parametrize("variant", [
@@ -201,6 +214,41 @@ def test_decode_ops_differentiate(impl):
       q, k, v, g, eta, A, z)
   for name, a, b in zip(["q", "k", "v", "g", "eta", "A", "z"], grads(impl), grads("xla")):
     assert_close(a, b, 1e-5, f"memory step d{name}")
+
+
+@pytest.mark.parametrize("topology", ["v5e:2x2", "v4:2x2x1", "v5p:2x2x1"])
+def test_tpu_kernel_compiles(topology):
+  """The TPU kernel passes Mosaic's lowering and compiles for v5e, v4 and v5p at the GPT-124M
+  decode shapes (bf16, a 1024-slot cache, one sequence per chip and 16, sinks with a sink
+  query), through the dispatch branch ``impl="pallas"`` takes on TPU (no TPU needed; skipped
+  without libtpu)."""
+  if importlib.util.find_spec("libtpu") is None:
+    pytest.skip("libtpu is not installed: no TPU ahead-of-time compile")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+  from tensorcache import compile_tpu  # pylint: disable=g-import-not-at-top
+  try:
+    devices = compile_tpu.topology_devices(topology)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    pytest.skip(f"libtpu cannot describe a {topology} topology here: {e}")
+  mesh = Mesh(np.array(devices), ("b",))
+  H, S, D = 12, 1024, 64
+  for per_chip, sinks in [(1, 0), (16, 4)]:
+    Bg = per_chip * len(devices)
+    s = lambda shape, dt=jnp.bfloat16, p=P("b"): jax.ShapeDtypeStruct(shape, dt, sharding=NamedSharding(mesh, p))
+    chunk = s((Bg, 1, H, D))
+    args = [chunk, s((Bg, H, S, D)), s((Bg, H, S, D)), s((S,), jnp.int32, P()), chunk, chunk,
+            s((1,), jnp.int32, P()), chunk]
+
+    def step(q, k_c, v_c, slots, k, v, positions, q_sink, sinks=sinks):
+      return dispatch.l1_stream(q, k_c, v_c, slots, k, v, positions, window=S - sinks, num_sinks=sinks,
+                                q_sink=q_sink if sinks else None, impl="pallas")
+
+    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P("b"),) * 3 + (P(),) + (P("b"),) * 2 + (P(), P("b")),
+                            out_specs=P("b"), check_vma=False)
+    compiled = jax.jit(sharded).lower(*args).compile()
+    assert compiled.as_text().count("tpu_custom_call") == 1, (per_chip, sinks)
 
 
 def test_kernel_lowers_for_cuda():

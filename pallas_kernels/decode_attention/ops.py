@@ -1,5 +1,6 @@
-"""The decode-attention op: picks the block and the number of splits, runs the kernel and
-combines its partial softmax sums with the token's own key.
+"""The decode-attention op: picks the block (and on GPU the number of splits), runs the
+``backend``'s kernel (``gpu``: Triton lowering, ``tpu``: Mosaic) and combines its partial
+softmax sums with the token's own key.
 
 ``decode_attention`` has the contract of ``reference.decode_attention`` (the library's
 streaming attention for one token): queries ``[B, H, D]`` at position ``pos`` against the
@@ -16,10 +17,12 @@ position (out of the window), so no copy of the cache is made.
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 
 from pallas_kernels import common
-from pallas_kernels.decode_attention import kernel_gpu, reference
+from pallas_kernels.decode_attention import kernel_gpu, kernel_tpu, reference
 
 f32 = jnp.float32
 TARGET_PROGRAMS = 256  # about two programs per SM of an H100/H200 (132 SMs)
@@ -45,18 +48,29 @@ def plan(B: int, H: int, S: int) -> tuple[int, int]:
 
 
 def decode_attention(q_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S, k_BHD, v_BHD, pos, *, window, num_sinks=0,
-                     q_sink_BHD=None, block=None, n_split=None, interpret=False):
-  """See the module docstring. ``block``/``n_split`` override ``plan`` (tests)."""
+                     q_sink_BHD=None, block=None, n_split=None, backend="gpu", interpret=False):
+  """See the module docstring. ``block``/``n_split`` override ``plan`` (GPU) and
+  ``kernel_tpu.block_for`` (TPU, one split) for tests."""
   B, H, S, D = k_cache_BHSD.shape
   if not supported(S, D):
     raise ValueError(f"decode_attention takes a power-of-two head dim from 16 to 128 and a cache of 16k slots, "
                      f"not D={D}, S={S}; use the library's streaming attention (impl='xla').")
-  if block is None or n_split is None:
-    block, n_split = plan(B, H, S)
-  if S % (block * n_split):
-    raise ValueError(f"{n_split} splits of whole {block}-slot blocks do not tile a cache of {S} slots.")
   statics = dict(window=window, num_sinks=num_sinks)
-  kernel = lambda *a: _decode_attention(*a, **statics, block=block, n_split=n_split, interpret=interpret)
+  if backend == "gpu":
+    if block is None or n_split is None:
+      block, n_split = plan(B, H, S)
+    if S % (block * n_split):
+      raise ValueError(f"{n_split} splits of whole {block}-slot blocks do not tile a cache of {S} slots.")
+    partials = functools.partial(kernel_gpu.partials, **statics, block=block, n_split=n_split, interpret=interpret)
+  elif backend == "tpu":
+    block = kernel_tpu.block_for(S) if block is None else block
+    if S % block or (block % 128 and block != S) or n_split not in (None, 1):
+      raise ValueError(f"The TPU kernel takes one split of blocks of a multiple of 128 slots (or the whole "
+                       f"cache) that tile the {S} slots, not block={block}, n_split={n_split}.")
+    partials = functools.partial(kernel_tpu.partials, **statics, block=block, interpret=interpret)
+  else:
+    raise ValueError(f"Unknown backend {backend!r}; choose 'gpu' or 'tpu'.")
+  kernel = lambda *a: _decode_attention(*a, partials, num_sinks=num_sinks)
   ref = lambda q, k_c, v_c, slots, k, v, pos, q_sink: reference.decode_attention(
       q, k_c, v_c, slots, k, v, pos, **statics, q_sink_BHD=q_sink)
   args = (q_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S.astype(jnp.int32), k_BHD, v_BHD,
@@ -64,12 +78,11 @@ def decode_attention(q_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S, k_BHD, v_BHD
   return common.with_reference_grad(kernel, ref)(*args)
 
 
-def _decode_attention(q_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S, k_BHD, v_BHD, pos, q_sink_BHD, *, window,
-                      num_sinks, block, n_split, interpret):
+def _decode_attention(q_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S, k_BHD, v_BHD, pos, q_sink_BHD, partials, *,
+                      num_sinks):
   D = q_BHD.shape[-1]
   pos = jnp.reshape(pos, (1,))
-  acc, ml = kernel_gpu.partials(q_BHD, q_sink_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S, pos,
-                                window=window, num_sinks=num_sinks, block=block, n_split=n_split, interpret=interpret)
+  acc, ml = partials(q_BHD, q_sink_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S, pos)
   scale = 1.0 / jnp.sqrt(f32(D))
   q_self = q_BHD if q_sink_BHD is None else jnp.where(pos[0] < num_sinks, q_sink_BHD, q_BHD)
   s_self = jnp.sum(q_self.astype(f32) * k_BHD.astype(f32), axis=-1) * scale  # [B, H]
