@@ -6,7 +6,8 @@
   Mosaic), forward only, used by ``dispatch.l1_stream`` for one-token chunks (``Impl.AUTO`` on
   GPU, ``Impl.PALLAS`` on every platform).
 * ``memory_step``: one decode step of the memory (key normalisation, write, read; GPU: Triton
-  lowering), used by ``dispatch.l2_step`` under ``Impl.PALLAS`` (it measured no faster than XLA).
+  lowering; TPU: Mosaic), used by ``dispatch.l2_step`` under ``Impl.PALLAS`` (on GPU it
+  measured no faster than XLA).
 
 The two decode kernels run forward only; ``common.with_reference_grad`` gives each op its
 reference's gradient, so a differentiated program that holds one still compiles.

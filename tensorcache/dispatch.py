@@ -153,8 +153,9 @@ def l2_step(q, k, v, g, eta, A, z=None, *, rule, read_first=False, normalize_q=F
   """One step of the memory, a decode step: ``l2_scan`` of a stream of one step (``q, k, v``
   ``[B, 1, H, D]``, ``g [1, H]``).
 
-  ``PALLAS`` runs ``pallas_kernels/memory_step`` on GPU (cuda; interpreted elsewhere): key
-  normalisation, write and read in one kernel (its gradient is the XLA update's). It falls
+  ``PALLAS`` runs ``pallas_kernels/memory_step``: key normalisation, write and read in one
+  kernel (Triton on GPU, Mosaic on TPU, the GPU kernel interpreted elsewhere; its gradient is
+  the XLA update's). It falls
   back to the direct XLA update (``memory.memory_recurrence``) for head dims that are not a
   power of two from 16 to 128. ``AUTO``, ``XLA`` and ``REFERENCE`` run that update: the
   kernel has not measured faster inside a decode step (one H200, GPT-124M, runs 8 and 9 of
@@ -170,14 +171,16 @@ def l2_step(q, k, v, g, eta, A, z=None, *, rule, read_first=False, normalize_q=F
   if impl is not Impl.PALLAS or not memory_step_ops.supported(q.shape[-1]):
     return xla(q, k, v, g, eta, A, z)
 
-  def kernel(interpret=False):
+  def kernel(backend, interpret=False):
     def run(q, k, v, g, eta, A, z):
       r, qz, A, z = memory_step_ops.memory_step(q[:, 0], k[:, 0], v[:, 0], g[0], eta, A, z, rule=rule,
-                                                read_first=read_first, normalize_q=normalize_q, interpret=interpret)
+                                                read_first=read_first, normalize_q=normalize_q, backend=backend,
+                                                interpret=interpret)
       return r[:, None], (None if qz is None else qz[:, None]), A, z
     return run
 
-  return jax.lax.platform_dependent(q, k, v, g, eta, A, z, cuda=kernel(), default=kernel(interpret=True))
+  return jax.lax.platform_dependent(q, k, v, g, eta, A, z, cuda=kernel("gpu"), tpu=kernel("tpu"),
+                                    default=kernel("gpu", interpret=True))
 
 
 def _pallas_memory_scan(q, k, v, g, eta, A, z, *, rule, read_first):

@@ -5,9 +5,10 @@
   and full, sinks with and without a sink query, full attention, several splits (GPU) and
   blocks (TPU) of the cache, D = 16 / 32 / 64 / 128, float32 and bf16; the TPU kernel also
   compiled ahead of time for v5e, v4 and v5p (with libtpu).
-* ``pallas_kernels/memory_step``: against the library's one-step update (its reference) and a
-  NumPy oracle, every rule and read order, with and without the normaliser and query
-  normalisation, a step that writes nothing, D = 16 / 32 / 64 / 128, float32 and bf16.
+* ``pallas_kernels/memory_step``, its GPU and TPU kernels: against the library's one-step
+  update (its reference) and a NumPy oracle, every rule and read order, with and without the
+  normaliser and query normalisation, a step that writes nothing, D = 16 / 32 / 64 / 128,
+  float32 and bf16; the TPU kernel also compiled ahead of time for v5e, v4 and v5p.
 
 Both through ``dispatch`` (``l1_stream``, ``l2_step``) and a model's decode steps, and their
 Triton lowering for CUDA. On a machine whose default JAX backend is a GPU the kernel cases
@@ -299,14 +300,20 @@ def _step_inputs(seed, D, with_z, dtype=jnp.float32):
   return q, k, v, g, eta, A, z
 
 
+def _step_kernel(*args, backend, **statics):
+  """The GPU kernel (compiled on a GPU, else interpreted) or the TPU kernel, interpreted."""
+  return step_ops.memory_step(*args, **statics, backend=backend, interpret=backend == "tpu" or not ON_GPU)
+
+
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
 @pytest.mark.parametrize("rule", ["outer", "delta", "wedge"])
 @pytest.mark.parametrize("read_first,with_z,normalize_q,D", [
     (False, False, False, 64), (True, True, False, 32), (False, True, True, 16), (True, False, True, 128)])
-def test_memory_step_equals_reference_and_oracle(rule, read_first, with_z, normalize_q, D):
+def test_memory_step_equals_reference_and_oracle(rule, read_first, with_z, normalize_q, D, backend):
   seed = 7 * D + 3 * with_z + read_first
   args = _step_inputs(seed, D, with_z)
   statics = dict(rule=rule, read_first=read_first, normalize_q=normalize_q)
-  got = step_ops.memory_step(*args, **statics, interpret=not ON_GPU)
+  got = _step_kernel(*args, **statics, backend=backend)
   want = step_reference.memory_step(*args, **statics)
   oracle = _step_oracle(*args, **statics)
   for name, a, b, c in zip(["r", "qz", "A", "z"], got, want, oracle):
@@ -319,11 +326,12 @@ def test_memory_step_equals_reference_and_oracle(rule, read_first, with_z, norma
   assert_differs(got[2], args[5], what="the write")
 
 
-def test_memory_step_bf16_inputs():
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
+def test_memory_step_bf16_inputs(backend):
   """bf16 query, key and value are read as float32: the result is the float32 step of the
   rounded inputs."""
   args = _step_inputs(40, 64, True, jnp.bfloat16)
-  got = step_ops.memory_step(*args, rule="delta", interpret=not ON_GPU)
+  got = _step_kernel(*args, rule="delta", backend=backend)
   want = step_reference.memory_step(*(x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x for x in args),
                                     rule="delta")
   for a, b in zip(got, want):
@@ -347,6 +355,39 @@ def test_l2_step_dispatch(monkeypatch):
     assert len(calls) == n, (impl, D)
     for name, a, b in zip(["r", "qz", "A", "z"], got, want(D)):
       assert_close(a[:, 0] if name in ("r", "qz") else a, b, 1e-5, f"{impl}, D={D}: {name}")
+
+
+@pytest.mark.parametrize("topology", ["v5e:2x2", "v4:2x2x1", "v5p:2x2x1"])
+def test_tpu_memory_step_compiles(topology):
+  """The TPU memory-step kernel passes Mosaic's lowering and compiles for v5e, v4 and v5p at
+  the GPT-124M decode shapes (bf16 rows, float32 state, with and without the normaliser),
+  through the dispatch branch ``impl="pallas"`` takes on TPU (skipped without libtpu)."""
+  if importlib.util.find_spec("libtpu") is None:
+    pytest.skip("libtpu is not installed: no TPU ahead-of-time compile")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+  from tensorcache import compile_tpu  # pylint: disable=g-import-not-at-top
+  try:
+    devices = compile_tpu.topology_devices(topology)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    pytest.skip(f"libtpu cannot describe a {topology} topology here: {e}")
+  mesh = Mesh(np.array(devices), ("b",))
+  H, D = 12, 64
+  for per_chip, rule, with_z in [(1, "delta", False), (16, "wedge", True)]:
+    Bg = per_chip * len(devices)
+    s = lambda shape, dt=jnp.float32, p=P("b"): jax.ShapeDtypeStruct(shape, dt, sharding=NamedSharding(mesh, p))
+    chunk = s((Bg, 1, H, D), jnp.bfloat16)
+    args = [chunk, chunk, chunk, s((1, H), p=P()), s((H,), p=P()), s((Bg, H, D, D)), s((Bg, H, D))]
+
+    def step(q, k, v, g, eta, A, z, rule=rule, with_z=with_z):
+      return dispatch.l2_step(q, k, v, g, eta, A, z if with_z else None, rule=rule, impl="pallas")
+
+    out_specs = (P("b"), P("b") if with_z else None, P("b"), P("b") if with_z else None)
+    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P("b"),) * 3 + (P(), P()) + (P("b"),) * 2,
+                            out_specs=out_specs, check_vma=False)
+    compiled = jax.jit(sharded).lower(*args).compile()
+    assert compiled.as_text().count("tpu_custom_call") == 1, (per_chip, rule)
 
 
 def test_memory_step_lowers_for_cuda():

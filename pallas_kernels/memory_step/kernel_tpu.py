@@ -1,0 +1,90 @@
+"""TPU kernel (Pallas, Mosaic TPU): one decode step of the memory, as ``kernel_gpu``.
+
+Grid ``(B, H)``, both axes parallel: program ``(b, h)`` holds the head's ``D x D`` float32
+state in VMEM with its query, key and value rows ``[1, D]``, normalises the key, writes the
+pair by the rule and reads the state (the maths of ``kernel_gpu``). The outer products
+``k^T v`` are MXU products contracting a length-1 axis, the reads ``q A`` and ``k A`` one-row
+products, all float32 (``precision=HIGHEST``). The new state is declared to share the old
+one's buffer (``input_output_aliases``).
+
+Shapes: ``q, k, v [B, H, D]`` (any float dtype), ``g, eta [H]``, ``A [B, H, D, D]``, ``z [B,
+H, D]``; ``D`` a multiple of 128 or any ``D`` (a block is the whole head).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+f32 = jnp.float32
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _dot(a, b, contract):
+  return jax.lax.dot_general(a, b, (contract, ((), ())), precision=HIGHEST, preferred_element_type=f32)
+
+
+def _unit(x, eps):  # x [1, D]
+  sq = jnp.sum(x * x, axis=1, keepdims=True)
+  norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+  return x / (norm + eps)
+
+
+def _kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A_ref, *refs, rule, read_first, normalize_q, eps, with_z):
+  if with_z:
+    z_ref, r_ref, A_out, qz_ref, z_out = refs
+  else:
+    r_ref, A_out = refs
+  lam, eta = jnp.exp(g_ref[...]), eta_ref[...]  # [1, 1]
+  q = q_ref[...].astype(f32)
+  q = _unit(q, eps) if normalize_q else q
+  k = _unit(k_ref[...].astype(f32), eps)
+  v = v_ref[...].astype(f32)
+  A = A_ref[...]
+  rows, outer = ((1,), (0,)), ((0,), (0,))  # q A: a row times the state; a^T b: an outer product
+  if rule == "delta":
+    v = v - _dot(k, A, rows)
+  upd = _dot(k, v, outer)
+  if rule == "wedge":
+    upd = upd - _dot(v, k, outer)
+  A_new = lam * A + eta * upd
+  r_ref[...] = _dot(q, A if read_first else A_new, rows)
+  A_out[...] = A_new
+  if with_z:
+    z = z_ref[...]
+    z_new = lam * z + eta * k
+    qz_ref[...] = jnp.sum(q * (z if read_first else z_new), axis=1, keepdims=True)
+    z_out[...] = z_new
+
+
+def step(q, k, v, g, eta, A, z, *, rule, read_first, normalize_q, eps, interpret=False):
+  """``(r [B, H, D], qz [B, H] or None, A, z)`` in float32, as ``kernel_gpu.step``."""
+  B, H, D = q.shape
+  with_z = z is not None
+  row = pl.BlockSpec((None, None, 1, D), lambda b, h: (b, h, 0, 0))
+  mat = pl.BlockSpec((None, None, D, D), lambda b, h: (b, h, 0, 0))
+  head = pl.BlockSpec((None, 1, 1), lambda b, h: (h, 0, 0))
+  one = pl.BlockSpec((None, None, 1, 1), lambda b, h: (b, h, 0, 0))
+  in_specs = [row, row, row, head, head, mat] + [row] * with_z
+  out_specs = [row, mat] + [one, row] * with_z
+  shapes = [jax.ShapeDtypeStruct((B, H, 1, D), f32), jax.ShapeDtypeStruct((B, H, D, D), f32)]
+  shapes += [jax.ShapeDtypeStruct((B, H, 1, 1), f32), jax.ShapeDtypeStruct((B, H, 1, D), f32)] * with_z
+  kernel = functools.partial(_kernel, rule=rule, read_first=read_first, normalize_q=normalize_q, eps=eps,
+                             with_z=with_z)
+  rows = lambda x: x[:, :, None]  # [B, H, D] -> [B, H, 1, D]
+  scalars = lambda x: x.astype(f32).reshape(H, 1, 1)
+  args = (rows(q), rows(k), rows(v), scalars(g), scalars(eta), A.astype(f32))
+  args += (rows(z.astype(f32)),) if with_z else ()
+  cls = getattr(pltpu, "CompilerParams", None) or getattr(pltpu, "TPUCompilerParams")
+  outs = pl.pallas_call(kernel, grid=(B, H), in_specs=in_specs, out_specs=out_specs, out_shape=shapes,
+                        input_output_aliases={5: 1, 6: 3} if with_z else {5: 1}, interpret=interpret,
+                        compiler_params=cls(dimension_semantics=("parallel", "parallel")))(*args)
+  if with_z:
+    r, A, qz, z = outs
+    return r[:, :, 0], qz[:, :, 0, 0], A, z[:, :, 0]
+  r, A = outs
+  return r[:, :, 0], None, A, None
