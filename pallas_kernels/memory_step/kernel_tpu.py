@@ -8,7 +8,7 @@ products, all float32 (``precision=HIGHEST``). The new state is declared to shar
 one's buffer (``input_output_aliases``).
 
 Shapes: ``q, k, v [B, H, D]`` (any float dtype), ``g, eta [H]``, ``A [B, H, D, D]``, ``z [B,
-H, D]``; ``D`` a multiple of 128 or any ``D`` (a block is the whole head).
+H, D]``; any ``D`` (a block is a whole row or state of one head).
 """
 
 from __future__ import annotations
