@@ -32,11 +32,12 @@ from tensorcache.train_step import forward
 
 
 def _nbytes(tree) -> int:
-  return sum(x.nbytes for x in jax.tree_util.tree_leaves(tree))
+  return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
 
 
 def peak_device_bytes() -> int | None:
-  """Peak bytes in use on the first local device, where the backend reports it (not CPU)."""
+  """Peak bytes in use on the first local device so far in this process (earlier lengths and
+  compiles included), where the backend reports it (not CPU)."""
   stats = jax.local_devices()[0].memory_stats() or {}
   return stats.get("peak_bytes_in_use")
 
@@ -105,7 +106,6 @@ def evaluate_nll(cfg: ModelConfig, params, data_config, context_lengths: Sequenc
   """One row per context length: stratified NLL, throughput and memory of the streaming pass
   (of the parallel forward split over ``seq_shards`` devices when that is > 0)."""
   rows = []
-  window = cfg.window if cfg.mechanism != "full" else 1
   for length in context_lengths:
     fit = cfg.replace(max_len=max(cfg.max_len, length)) if cfg.mechanism == "full" else cfg
     model = GPT(fit)
@@ -120,9 +120,10 @@ def evaluate_nll(cfg: ModelConfig, params, data_config, context_lengths: Sequenc
     logp = run(win["inputs"], win["targets"])
     seconds = time.perf_counter() - t0
     row = {"mode": cfg.mechanism, "context_length": length}
-    row.update(stratified_nll(-logp, win["weights"], window, multiples))
+    row.update(stratified_nll(-logp, win["weights"], cfg.window, multiples))  # full too: the same strata
     row.update(tokens=int(win["weights"].sum()), tokens_per_s=float(win["weights"].sum() / seconds),
-               cache_bytes=_nbytes(inference.init_cache(fit, 1)), peak_device_bytes=peak_device_bytes())
+               cache_bytes=_nbytes(jax.eval_shape(lambda: inference.init_cache(fit, 1))),
+               peak_device_bytes=peak_device_bytes())
     rows.append(row)
   return rows
 

@@ -14,9 +14,11 @@ logits instead (``GPT.extend``).
 from __future__ import annotations
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tensorcache import cache as cache_lib
 from tensorcache.config import ModelConfig
@@ -66,6 +68,28 @@ def _check_capacity(cfg: ModelConfig, length: int) -> None:
         "raise max_len or use a bounded mechanism (window, sinks, infini, tc).")
 
 
+def _check_batch(tokens, cache: cache_lib.Cache, ndim: int, shape: str) -> None:
+  """Static shape checks on the host: ``tokens`` of rank ``ndim`` (``shape`` names it), as
+  many rows as the cache holds sequences."""
+  if jnp.ndim(tokens) != ndim:
+    raise ValueError(f"token ids must have shape {shape}; got shape {jnp.shape(tokens)}.")
+  rows = cache.layers[0].kv.k.shape[0]
+  if jnp.shape(tokens)[0] != rows:
+    raise ValueError(f"{jnp.shape(tokens)[0]} sequences of token ids for a cache of {rows}; make the cache "
+                     f"with init_cache(cfg, {jnp.shape(tokens)[0]}).")
+
+
+def _count(name: str, value, least: int, what: str) -> int:
+  """``value`` as an int of at least ``least``, or a ValueError naming ``name``."""
+  try:
+    n = None if isinstance(value, bool) else operator.index(value)
+  except TypeError:
+    n = None
+  if n is None or n < least:
+    raise ValueError(f"{name} must be an integer >= {least} ({what}); got {value!r}.")
+  return n
+
+
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 def _extend(model: GPT, params, cache, tokens):
   return model.apply(compute_params(model.cfg, params), tokens, cache, method=GPT.extend)
@@ -81,7 +105,8 @@ def decode_step(model: GPT, params, cache: cache_lib.Cache, tokens):
   """
   if not isinstance(tokens, jax.Array):
     check_tokens(tokens, model.cfg.vocab_size)
-  logits, cache = _extend(model, params, cache, jnp.asarray(tokens)[:, None])
+  _check_batch(tokens, cache, 1, "[batch] (one token per sequence)")
+  logits, cache = _extend(model, params, cache, jnp.asarray(tokens, jnp.int32)[:, None])
   return logits[:, 0], cache
 
 
@@ -132,15 +157,21 @@ def _stream(model: GPT, mode: str, chunk: int, params, cache, tokens, targets):
 _stream_jit = jax.jit(_stream, static_argnums=(0, 1, 2), donate_argnums=4)
 
 
-def _checked_prompt(model: GPT, tokens, cache):
-  """Ids checked on the host (once per call) and, under ``full``, the capacity (which reads
-  ``cache.pos`` back when a cache is continued: once per call, never per step). Returns the
-  tokens as an array and the cache (a fresh one for None)."""
+def _checked_prompt(model: GPT, tokens, cache, chunk: int):
+  """Ids and shapes checked on the host (once per call) and, under ``full``, the capacity
+  (which reads ``cache.pos`` back when a cache is continued: once per call, never per step;
+  not when the cache is traced by a caller's ``jit``). Returns the tokens as an int32 array
+  and the cache (a fresh one for None: made here, outside ``jit``, see ``_stream``)."""
   check_tokens(tokens, model.cfg.vocab_size)
-  tokens = jnp.asarray(tokens)
-  if model.cfg.mechanism == "full":
-    _check_capacity(model.cfg, (0 if cache is None else int(cache.pos)) + tokens.shape[1])
-  return tokens, init_cache(model.cfg, tokens.shape[0]) if cache is None else cache
+  _count("chunk", chunk, 1, "tokens per prefill step")
+  tokens = jnp.asarray(tokens, jnp.int32)
+  if tokens.ndim != 2 or not tokens.shape[1]:
+    raise ValueError(f"a prompt must have shape [batch, length] with at least one token; got shape {tokens.shape}.")
+  cache = init_cache(model.cfg, tokens.shape[0]) if cache is None else cache
+  _check_batch(tokens, cache, 2, "[batch, length]")
+  if model.cfg.mechanism == "full" and not isinstance(cache.pos, jax.core.Tracer):
+    _check_capacity(model.cfg, int(cache.pos) + tokens.shape[1])
+  return tokens, cache
 
 
 def prefill(model: GPT, params, tokens, cache: cache_lib.Cache | None = None, *, chunk: int = 256,
@@ -152,7 +183,7 @@ def prefill(model: GPT, params, tokens, cache: cache_lib.Cache | None = None, *,
   Besides the tokens and the requested logits nothing grows with ``T``: device memory is
   bounded for windowed mechanisms whatever the prompt length.
   """
-  tokens, cache = _checked_prompt(model, tokens, cache)
+  tokens, cache = _checked_prompt(model, tokens, cache, chunk)
   return _stream_jit(model, "all" if all_logits else "last", chunk, params, cache, tokens, None)
 
 
@@ -164,7 +195,7 @@ def prefill_logprobs(model: GPT, params, tokens, targets, cache: cache_lib.Cache
   target log-probability and most likely token. A chunk's logits live only in its scan step,
   so no ``[B, T, V]`` array exists and a 1M-token stream scores in bounded memory.
   """
-  tokens, cache = _checked_prompt(model, tokens, cache)
+  tokens, cache = _checked_prompt(model, tokens, cache, chunk)
   check_tokens(targets, model.cfg.vocab_size)
   targets = jnp.asarray(targets, jnp.int32)
   if targets.shape != tokens.shape:
@@ -173,13 +204,16 @@ def prefill_logprobs(model: GPT, params, tokens, targets, cache: cache_lib.Cache
 
 
 def sample_logits(rng, logits, temperature: float, top_k: int | None):
-  """Greedy for ``temperature == 0``; otherwise temperature and optional top-k sampling."""
+  """Greedy for ``temperature == 0``; otherwise temperature and optional top-k sampling
+  (exactly ``top_k`` candidates per row, ties at the k-th logit broken by ``lax.top_k``).
+  ``logits [B, V]``."""
   if temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits / temperature
   if top_k is not None:
-    kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
+    _, idx = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))
+    keep = jnp.zeros(logits.shape, bool).at[jnp.arange(logits.shape[0])[:, None], idx].set(True)
+    logits = jnp.where(keep, logits, -jnp.inf)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
@@ -194,18 +228,30 @@ def _generate(model, params, cache, prompt, max_new_tokens, rng, temperature, to
     logits, cache = model.apply(params, tok[:, None], cache, method=GPT.extend)
     return (logits[:, 0], cache), tok
 
-  (_, cache), toks = jax.lax.scan(step, (logits, cache), jax.random.split(rng, max_new_tokens))
-  return jnp.concatenate([prompt, toks.swapaxes(0, 1)], axis=1), cache  # the cache: updated in place
+  rngs = jax.random.split(rng, max_new_tokens)  # the last token is sampled, never fed back
+  (logits, cache), toks = jax.lax.scan(step, (logits, cache), rngs[:-1])
+  last = sample_logits(rngs[-1], logits, temperature, top_k)
+  return jnp.concatenate([prompt, toks.swapaxes(0, 1), last[:, None]], axis=1), cache  # cache: in place
 
 
 def generate(model: GPT, params, prompt, max_new_tokens: int, rng=None, *, temperature: float = 1.0,
              top_k: int | None = None, prefill_chunk: int = 256):
-  """Prompt ``[B, T]`` -> ``[B, T + max_new_tokens]``; prefill and sampling in one ``jit``."""
+  """Prompt ``[B, T]`` -> ``[B, T + max_new_tokens]``; prefill and sampling in one ``jit``.
+  ``temperature`` 0 is greedy; ``top_k`` (None: all) limits the candidates per token. The
+  last sampled token is not fed through the model, so a ``full`` cache needs ``T +
+  max_new_tokens - 1`` slots."""
   check_tokens(prompt, model.cfg.vocab_size)
   prompt = jnp.asarray(prompt, jnp.int32)
-  _check_capacity(model.cfg, prompt.shape[1] + max_new_tokens)
-  if max_new_tokens <= 0:
+  if prompt.ndim != 2 or not prompt.shape[1]:
+    raise ValueError(f"a prompt must have shape [batch, length] with at least one token; got shape {prompt.shape}.")
+  max_new_tokens = _count("max_new_tokens", max_new_tokens, 0, "tokens to sample")
+  if not np.isfinite(temperature) or temperature < 0:
+    raise ValueError(f"temperature must be finite and >= 0 (0: greedy); got {temperature!r}.")
+  top_k = None if top_k is None else _count("top_k", top_k, 1, "candidates per token, or None for all")
+  prefill_chunk = _count("prefill_chunk", prefill_chunk, 1, "tokens per prefill step")
+  if max_new_tokens == 0:
     return prompt
+  _check_capacity(model.cfg, prompt.shape[1] + max_new_tokens - 1)
   rng = jax.random.PRNGKey(0) if rng is None else rng
   cache = init_cache(model.cfg, prompt.shape[0])  # outside jit: see _stream
   return _generate(model, params, cache, prompt, max_new_tokens, rng, float(temperature), top_k, prefill_chunk)[0]

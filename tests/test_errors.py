@@ -121,6 +121,33 @@ def test_bad_token_ids(window_model, bad):
     inference.generate(model, params, toks, 3, jax.random.PRNGKey(0))
 
 
+def test_streaming_shapes_and_arguments_checked(window_model):
+  """Impossible shapes and arguments get an error naming the argument, before any compile:
+  an empty prompt, ids of the wrong rank, more rows than the cache holds, and generation
+  settings out of range."""
+  model, params = window_model
+  toks = tokens(8, B, 6)
+  cache = lambda: inference.init_cache(model.cfg, B)
+  for call, match in [
+      (lambda: inference.prefill(model, params, toks[:, :0]), r"at least one token; got shape \(2, 0\)"),
+      (lambda: inference.prefill(model, params, toks[0]), r"shape \[batch, length\]"),
+      (lambda: inference.prefill(model, params, toks, inference.init_cache(model.cfg, B + 1)),
+       rf"{B} sequences of token ids for a cache of {B + 1}"),
+      (lambda: inference.prefill(model, params, toks, chunk=0), "chunk must be an integer >= 1"),
+      (lambda: inference.prefill_logprobs(model, params, toks, toks, chunk=-4), "chunk must be an integer >= 1"),
+      (lambda: inference.decode_step(model, params, cache(), toks[:, :1]), r"shape \[batch\]"),
+      (lambda: inference.decode_step(model, params, cache(), toks[:1, 0]), rf"1 sequences of token ids for a cache of {B}"),
+      (lambda: inference.generate(model, params, toks[:, :0], 3), "at least one token"),
+      (lambda: inference.generate(model, params, toks, -3), "max_new_tokens must be an integer >= 0"),
+      (lambda: inference.generate(model, params, toks, 3, temperature=-1.0), "temperature must be finite and >= 0"),
+      (lambda: inference.generate(model, params, toks, 3, temperature=float("nan")), "temperature must be finite"),
+      (lambda: inference.generate(model, params, toks, 3, top_k=0), "top_k must be an integer >= 1"),
+      (lambda: inference.generate(model, params, toks, 3, prefill_chunk=0), "prefill_chunk must be an integer >= 1"),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      call()
+
+
 def test_float_token_ids_rejected(window_model):
   model, params = window_model
   with pytest.raises(TypeError, match="token ids must be integers"):
@@ -141,9 +168,12 @@ def test_full_cache_capacity_prefill(full_model):
 
 
 def test_full_cache_capacity_generate(full_model):
+  """The last sampled token is never fed through the model: 10 + 7 tokens need 16 slots."""
   model, params = full_model
+  out = inference.generate(model, params, tokens(5, B, 10), 7, jax.random.PRNGKey(0))
+  assert out.shape == (B, 17) and int(out.min()) >= 0 and int(out.max()) < VOCAB
   with pytest.raises(ValueError, match=r"sequence of 17 tokens exceeds .* max_len=16"):
-    inference.generate(model, params, tokens(5, B, 10), 7, jax.random.PRNGKey(0))
+    inference.generate(model, params, tokens(5, B, 10), 8, jax.random.PRNGKey(0))
 
 
 def test_full_cache_capacity_decode_step(full_model):

@@ -148,8 +148,10 @@ def test_compute_params_cast_once_changes_nothing():
   np.testing.assert_array_equal(np.asarray(forward(model, cast, toks)), np.asarray(forward(model, params, toks)))
   extend = lambda p: model.apply(p, toks[:, :5], inference.init_cache(cfg, B), method=GPT.extend)[0]
   np.testing.assert_array_equal(np.asarray(extend(cast)), np.asarray(extend(params)))
-  step = lambda p: inference.decode_step(model, p, inference.prefill(model, p, toks[:, :5])[1], toks[:, 5])[0]
-  np.testing.assert_array_equal(np.asarray(step(cast)), np.asarray(step(params)))
+  _, cache = inference.prefill(model, params, toks[:, :5])
+  own_step = jax.jit(lambda p, c: model.apply(p, toks[:, 5:6], c, method=GPT.extend)[0][:, 0])  # per-product casts
+  own = own_step(params, jax.tree.map(jnp.copy, cache))
+  np.testing.assert_array_equal(np.asarray(inference.decode_step(model, cast, cache, toks[:, 5])[0]), np.asarray(own))
 
 
 # ------------------------------------------------------------------ bounded prefill memory

@@ -413,6 +413,17 @@ def test_generate_greedy_and_top_k_one():
   np.testing.assert_array_equal(top1, out)
 
 
+def test_top_k_keeps_exactly_k_candidates_under_ties():
+  """Tied logits: ``top_k=2`` samples only the two candidates ``lax.top_k`` picks (not every
+  token tied with the second), and both of them."""
+  logits = jnp.zeros((3, 7)).at[:, 5].set(1.0)  # one best token, then a six-way tie
+  draws = jax.vmap(lambda key: inference.sample_logits(key, logits, 1.0, 2))(
+      jax.random.split(jax.random.PRNGKey(3), 400))
+  _, idx = jax.lax.top_k(logits, 2)
+  for row in range(3):
+    assert set(np.unique(np.asarray(draws[:, row]))) == set(np.asarray(idx[row]).tolist())
+
+
 def test_generate_zero_new_tokens_returns_prompt():
   model, params = init_model(small_config(), seed=1)
   prompt = tokens(701, B, 6)
