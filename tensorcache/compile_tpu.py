@@ -44,6 +44,7 @@ from tensorcache import inference, sharding, train  # noqa: E402
 from tensorcache.model import GPT  # noqa: E402
 
 GiB = 2**30
+PREFILL_CHUNK = 256  # inference.prefill's default chunk
 # HBM per chip (Cloud TPU system architecture pages); v4 and v5p as megacore chips.
 HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
 MEGACORE = ("v4", "v5p")
@@ -103,8 +104,10 @@ def hbm_bytes(topology: str) -> int:
 
 
 def _is_out_of_memory(e: Exception) -> bool:
+  """The compiler refused the program for lack of HBM (not a kernel's VMEM, which a smaller
+  batch does not cure)."""
   msg = str(e)
-  return "RESOURCE_EXHAUSTED" in msg or "Ran out of memory" in msg
+  return ("RESOURCE_EXHAUSTED" in msg or "Ran out of memory" in msg) and "vmem" not in msg.lower()
 
 
 def _compile(name: str, lowered_fn, hbm: int) -> Compiled:
@@ -151,9 +154,11 @@ def compile_train(config: ml_collections.ConfigDict, devices: list, hbm: int) ->
 
 
 def compile_inference(config: ml_collections.ConfigDict, devices: list, hbm: int) -> list[Compiled]:
-  """``inference.prefill`` of ``train.batch_size`` prompts of ``train.seq_len`` tokens and
+  """The prefill of ``train.batch_size`` prompts of ``train.seq_len`` tokens (the program
+  ``inference.prefill`` runs: chunks of ``PREFILL_CHUNK``, the last logits) and
   ``inference.decode_step`` of one token each: parameters in the trainer's rule shardings,
-  tokens and cache split over the batch (cache counters replicated), cache donated."""
+  tokens and cache split over the batch (cache counters replicated), the cache an argument
+  and donated in both."""
   spec = train.step_spec(config, devices)
   model = GPT(spec.model)
   params = train.abstract_train_state(spec, int(config.train.seed)).params
@@ -167,10 +172,10 @@ def compile_inference(config: ml_collections.ConfigDict, devices: list, hbm: int
   cache = cache._replace(pos=jax.ShapeDtypeStruct(cache.pos.shape, cache.pos.dtype, sharding=rep),
                          slot_pos=jax.ShapeDtypeStruct(cache.slot_pos.shape, cache.slot_pos.dtype, sharding=rep),
                          layers=jax.tree.map(by_batch, cache.layers))
-  prefill = jax.jit(inference.prefill, static_argnums=0)
   decode = jax.jit(inference.decode_step, static_argnums=0, donate_argnums=2)
   with jax.set_mesh(spec.mesh):  # as the trainer's steps: splash must see the mesh
-    return [_compile("prefill", lambda: prefill.lower(model, params, tokens), hbm),
+    prefill = lambda: inference._stream_jit.lower(model, "last", PREFILL_CHUNK, params, cache, tokens, None)  # pylint: disable=protected-access
+    return [_compile("prefill", prefill, hbm),
             _compile("decode", lambda: decode.lower(model, params, cache, step_tokens), hbm)]
 
 
@@ -185,11 +190,14 @@ def search_batch(fits: Callable[[int], bool], start: int, unit: int, hbm: int, s
   refused step records no size, so the line may point past it again); after two guesses in a
   row that did not halve that interval comes a bisection, so the search takes at most about
   three times bisection's compiles (four in all when memory is exactly linear). Before two
-  sizes are known: halving from ``start`` while it does not fit, doubling while it does. The
-  answer is a batch that fits next to one that does not (or to 0), both compiled.
+  sizes are known: halving from ``start`` while it does not fit, doubling while it does; and
+  doubling again when the line twice in a row points one unit past the largest fitting batch
+  while nothing has failed (memory flat at small batches). The answer is a batch that fits
+  next to one that does not (or to 0), both compiled.
   """
   lo, hi = 0, None  # the largest batch known to fit (0: none yet), the smallest known not to
   b, guessed, slow = start, False, 0  # slow: guesses in a row that did not halve the interval
+  clamped = False  # the last line guess pointed at or below the largest fitting batch
   while True:
     width = None if hi is None else hi - lo
     if fits(b):
@@ -199,14 +207,18 @@ def search_batch(fits: Callable[[int], bool], start: int, unit: int, hbm: int, s
     if hi is not None and hi - lo <= unit:
       return lo
     slow = slow + 1 if guessed and width is not None and 2 * (hi - lo) > width else 0
-    b, guessed = _next_batch(lo, hi, unit, hbm, sizes, bisect=slow >= 2)
+    b, guessed, was_clamped = _next_batch(lo, hi, unit, hbm, sizes, bisect=slow >= 2)
     slow = 0 if not guessed else slow
+    if was_clamped and clamped and hi is None:  # twice, and all so far fit: memory is flat here,
+      b, guessed, was_clamped = 2 * lo, False, False  # so double rather than creep a unit a compile
+    clamped = was_clamped
 
 
 def _next_batch(lo: int, hi: int | None, unit: int, hbm: int, sizes: dict[int, int],
-                bisect: bool) -> tuple[int, bool]:
-  """The next batch ``search_batch`` compiles (strictly between ``lo`` and ``hi``) and
-  whether it is a guess from the sizes."""
+                bisect: bool) -> tuple[int, bool, bool]:
+  """The next batch ``search_batch`` compiles (strictly between ``lo`` and ``hi``), whether it
+  is a guess from the sizes, and whether that guess pointed at or below ``lo`` (raised to
+  ``lo + unit``)."""
   top = None if hi is None else hi - unit
   if not bisect and len(sizes) >= 2:
     (b1, m1), (b2, m2) = sorted(sorted(sizes.items(), key=lambda bm: abs(bm[1] - hbm))[:2])
@@ -214,12 +226,12 @@ def _next_batch(lo: int, hi: int | None, unit: int, hbm: int, sizes: dict[int, i
     # A line that points at or past a batch already known not to fit (one the compiler refused
     # records no size, so the line stays where it was) says nothing new: bisect instead.
     if guess is not None and (top is None or guess <= top):
-      return max(lo + unit, guess), True
+      return max(lo + unit, guess), True, guess <= lo
   if hi is None:
-    return 2 * lo, False
+    return 2 * lo, False, False
   if lo == 0:
-    return max(unit, hi // 2 // unit * unit), False
-  return (lo + hi) // 2 // unit * unit, False
+    return max(unit, hi // 2 // unit * unit), False, False
+  return (lo + hi) // 2 // unit * unit, False, False
 
 
 def largest_fitting(config: ml_collections.ConfigDict, devices: list, hbm: int, start: int,
@@ -258,8 +270,11 @@ def fit_or_exit(config: ml_collections.ConfigDict, topology: str, devices: list,
     return compile_train(config, devices, hbm)
   except DoesNotFit as e:
     best, _ = largest_fitting(config, devices, hbm, per_chip, e)
+    unit = int(config.optim.accum_steps)
+    shard_more = ("raise --config.train.mesh.fsdp" if int(config.train.mesh.fsdp) < chips
+                  else "every parameter is already sharded over all chips: a larger topology or a smaller model")
     fix = (f"the largest that fits is {best} per chip: --config.train.batch_size={best * chips}" if best
-           else "not even one sequence per chip fits: raise --config.train.mesh.fsdp")
+           else f"not even {unit} sequence{'s' * (unit > 1)} per chip (optim.accum_steps) fits: {shard_more}")
     print(f"does not fit on {topology}: {per_chip} sequences of {seq_len} per chip ({e}); {fix}", file=sys.stderr)
     raise SystemExit(2) from None
 
@@ -275,6 +290,27 @@ flags.DEFINE_bool("table", False, "Print the result as a row of docs/tpu.md's fi
 flags.mark_flags_as_required(["config"])
 
 
+def accelerator_type(topology: str) -> str:
+  """The Cloud TPU accelerator type of a topology (``v5e:2x4`` -> ``v5litepod-8``, ``v4:2x2x1``
+  -> ``v4-8``): what ``gcloud`` and ``scripts/launch_tpu.sh`` call the slice."""
+  gen, _, shape = topology.partition(":")
+  chips = int(np.prod([int(d) for d in shape.split("x")]))
+  return {"v5e": f"v5litepod-{chips}", "v6e": f"v6e-{chips}"}.get(gen, f"{gen}-{2 * chips}")  # v4/v5p: cores
+
+
+def table_row(config: ml_collections.ConfigDict, topology: str, step: Compiled, per_chip: int, chips: int) -> str:
+  """One row of ``docs/tpu.md``'s fit table: the config argument (preset, mechanism), the
+  rule and the settings the table varies, the topology, the batch, the memory, the compile."""
+  model = config.model
+  arg = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")[2] or "default"
+  preset = arg.partition(",")[0]
+  name = preset + (f" (vocab {model.vocab_size})" if model.vocab_size != 256 else "")
+  name += f", {model.mechanism}" + (f" ({model.rule})" if model.mechanism == "tc" else "")
+  name += (f", remat={model.remat}" if model.remat != "none" else "") + f", fsdp={config.train.mesh.fsdp}"
+  return (f"| {name} | {topology} ({accelerator_type(topology)}) | {per_chip * chips} ({per_chip}) | yes "
+          f"| {step.total / GiB:.2f} GiB | {step.seconds:.0f} s |")
+
+
 def main(argv) -> None:
   del argv
   FLAGS = flags.FLAGS
@@ -282,12 +318,17 @@ def main(argv) -> None:
   devices = topology_devices(topology)
   chips, hbm = len(devices), hbm_bytes(topology)
   per_chip = int(config.train.batch_size) // chips
-  if per_chip * chips != int(config.train.batch_size):
-    print(f"train.batch_size={config.train.batch_size} does not split over the {chips} chips of {topology}.",
-          file=sys.stderr)
+  try:
+    if per_chip * chips != int(config.train.batch_size):
+      raise ValueError(f"train.batch_size={config.train.batch_size} does not split over the {chips} chips")
+    mesh = train.step_spec(config, devices).mesh
+  except ValueError as e:
+    print(f"cannot compile for {topology}: {e}", file=sys.stderr)
     sys.exit(2)
-  print(f"{topology}: {chips} chips, {hbm / GiB:.0f} GiB HBM each; mesh data={config.train.mesh.data} "
-        f"fsdp={config.train.mesh.fsdp}; batch {per_chip} x {config.train.seq_len} tokens per chip")
+  hosts = len({d.process_index for d in devices})
+  print(f"{topology} ({accelerator_type(topology)}): {chips} chips on {hosts} host{'s' * (hosts > 1)}, "
+        f"{hbm / GiB:.0f} GiB HBM each; mesh {dict(mesh.shape)}; batch {per_chip} x {config.train.seq_len} "
+        "tokens per chip")
   if FLAGS.search:  # from the configured batch, up or down
     try:
       outcome = compile_train(config, devices, hbm)
@@ -295,21 +336,24 @@ def main(argv) -> None:
       outcome = e
     per_chip, step = largest_fitting(config, devices, hbm, per_chip, outcome)
     if step is None:
-      print(f"does not fit on {topology}: not even one sequence per chip", file=sys.stderr)
+      print(f"does not fit on {topology}: not even {config.optim.accum_steps} sequence(s) per chip", file=sys.stderr)
       sys.exit(2)
     print(f"largest batch that fits: {per_chip} per chip, --config.train.batch_size={per_chip * chips}")
+    config = with_batch(config, per_chip, chips)
   else:
     step = fit_or_exit(config, topology, devices, hbm)
   print(step.line(hbm))
   if FLAGS.table:
-    model = config.model
-    name = f"{model.n_layer}L/{model.d_model} vocab {model.vocab_size} {model.mechanism}" + (f" {model.rule}" if model.mechanism == "tc" else "")
-    name += f", remat={model.remat}" if model.remat != "none" else ""
-    print(f"| {name} | {topology} | {per_chip * chips} ({per_chip}/chip) | {step.total / GiB:.2f} GiB "
-          f"| {step.seconds:.0f} s |")
+    print(table_row(config, topology, step, per_chip, chips))
   if FLAGS.inference:
-    for c in compile_inference(config, devices, hbm):
-      print(c.line(hbm))
+    try:
+      for c in compile_inference(config, devices, hbm):
+        print(c.line(hbm))
+    except DoesNotFit as e:
+      print(f"does not fit on {topology}: {per_chip} sequences of {config.train.seq_len} per chip ({e}); the "
+            "train step fits: serve fewer sequences per chip (--config.train.batch_size) or skip "
+            "this check with --noinference", file=sys.stderr)
+      sys.exit(2)
 
 
 if __name__ == "__main__":
