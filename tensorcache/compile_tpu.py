@@ -174,8 +174,8 @@ def compile_inference(config: ml_collections.ConfigDict, devices: list, hbm: int
                          layers=jax.tree.map(by_batch, cache.layers))
   decode = jax.jit(inference.decode_step, static_argnums=0, donate_argnums=2)
   with jax.set_mesh(spec.mesh):  # as the trainer's steps: splash must see the mesh
-    prefill = lambda: inference._stream_jit.lower(model, "last", PREFILL_CHUNK, params, cache, tokens, None)  # pylint: disable=protected-access
-    return [_compile("prefill", prefill, hbm),
+    stream = inference._stream_jit  # pylint: disable=protected-access  # prefill's program, cache given
+    return [_compile("prefill", lambda: stream.lower(model, "last", PREFILL_CHUNK, params, cache, tokens, None), hbm),
             _compile("decode", lambda: decode.lower(model, params, cache, step_tokens), hbm)]
 
 

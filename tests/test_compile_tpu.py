@@ -113,8 +113,8 @@ def test_command_prints_memory_table_row_and_inference(compile_tpu):
   assert rc == 0, err[-2000:]
   lines = out.strip().splitlines()
   assert lines[0].startswith(f"{TOPOLOGY} (v5litepod-4): 4 chips on 1 host, 16 GiB HBM each")
-  assert re.fullmatch(r"\| small, window, fsdp=1 \| v5e:2x2 \(v5litepod-4\) \| 8 \(2\) \| yes \| [\d.]+ GiB \| \d+ s \|",
-                      lines[2]), lines[2]
+  row = r"\| small, window, fsdp=1 \| v5e:2x2 \(v5litepod-4\) \| 8 \(2\) \| yes \| [\d.]+ GiB \| \d+ s \|"
+  assert re.fullmatch(row, lines[2]), lines[2]
   for line, name in zip(lines[1:2] + lines[3:], ("train", "prefill", "decode")):
     assert line.startswith(f"{name:<7} per chip: arguments") and "total" in line, line
   assert len(lines) == 5, lines
