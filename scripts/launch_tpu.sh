@@ -15,8 +15,8 @@ set -euo pipefail
 
 : "${TPU_NAME:=tensorcache}"
 : "${ZONE:=us-central2-b}"
-: "${ACCELERATOR_TYPE:=v4-32}"            # e.g. v5litepod-32 (RUNTIME_VERSION=v2-alpha-tpuv5-lite)
-: "${RUNTIME_VERSION:=tpu-ubuntu2204-base}"
+: "${ACCELERATOR_TYPE:=v4-32}"            # e.g. v5litepod-8, v5p-8 (docs/tpu.md: from a compile to a launch)
+: "${RUNTIME_VERSION:=tpu-ubuntu2204-base}"  # v4; v5e v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e
 : "${PROJECT:=}"                          # empty: gcloud's configured project
 : "${SPOT:=0}"                            # 1: a Spot slice (cheaper, preemptible)
 : "${CONFIG:=configs/base.py:small,tc}"
@@ -28,6 +28,8 @@ set -euo pipefail
 VENV='~/tensorcache-venv'
 : "${DRY_RUN:=0}"
 
+# Arrays that may be empty are expanded as ${a[@]+"${a[@]}"}: `set -u` rejects "${a[@]}" of an
+# empty array before bash 4.4 (macOS ships 3.2).
 project_flag=()
 [[ -n "$PROJECT" ]] && project_flag=(--project="$PROJECT")
 
@@ -40,7 +42,7 @@ run() {
 }
 
 on_all_workers() {  # on_all_workers 'shell command'
-  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" "${project_flag[@]}" \
+  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" ${project_flag[@]+"${project_flag[@]}"} \
     --worker=all --command="$1"
 }
 
@@ -48,15 +50,15 @@ case "${1:-}" in
   create)
     spot=()
     [[ "$SPOT" == 1 ]] && spot=(--spot)
-    run gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" "${project_flag[@]}" \
-      --accelerator-type="$ACCELERATOR_TYPE" --version="$RUNTIME_VERSION" "${spot[@]}"
+    run gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" ${project_flag[@]+"${project_flag[@]}"} \
+      --accelerator-type="$ACCELERATOR_TYPE" --version="$RUNTIME_VERSION" ${spot[@]+"${spot[@]}"}
     ;;
   setup)
     # Ship the committed tree (git archive: no build outputs, no local checkpoints).
     archive="$(mktemp -d)/tensorcache.tar.gz"
     run git -C "$(dirname "$0")/.." archive --format=tar.gz -o "$archive" HEAD
     run gcloud compute tpus tpu-vm scp "$archive" "$TPU_NAME":tensorcache.tar.gz \
-      --zone="$ZONE" "${project_flag[@]}" --worker=all
+      --zone="$ZONE" ${project_flag[@]+"${project_flag[@]}"} --worker=all
     on_all_workers "set -e; sudo apt-get update -q; \
       sudo apt-get install -y -q $PYTHON_PKG $PYTHON_PKG-venv; \
       rm -rf ~/$REMOTE_DIR; mkdir -p ~/$REMOTE_DIR; \
@@ -70,17 +72,18 @@ case "${1:-}" in
     # finds the other workers from the TPU metadata. nohup: training outlives the ssh.
     on_all_workers "cd ~/$REMOTE_DIR && nohup $VENV/bin/python -m tensorcache.main \
       --config=$CONFIG --workdir=$WORKDIR --config.train.distributed=True $EXTRA_ARGS \
-      > ~/tensorcache-train.log 2>&1 &"
+      < /dev/null > ~/tensorcache-train.log 2>&1 &"
     ;;
   logs)
-    run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" "${project_flag[@]}" \
+    run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" ${project_flag[@]+"${project_flag[@]}"} \
       --worker=0 --command="tail -n 100 -f ~/tensorcache-train.log"
     ;;
   stop)
-    on_all_workers "pkill -INT -f 'python -m tensorcache.main' || true"
+    # [p]ython: the pattern does not match the remote shell that carries it.
+    on_all_workers "pkill -INT -f '[p]ython -m tensorcache.main' || true"
     ;;
   delete)
-    run gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" "${project_flag[@]}" --quiet
+    run gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone="$ZONE" ${project_flag[@]+"${project_flag[@]}"} --quiet
     ;;
   *)
     sed -n '2,12p' "$0"
