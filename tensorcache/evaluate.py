@@ -50,6 +50,8 @@ def streaming_logprobs(model: GPT, params, inputs, targets, *, chunk: int = 256,
   only. Rows are padded to a multiple of ``batch`` so every call has one shape (one compile).
   """
   n = inputs.shape[0]
+  if not n:
+    raise ValueError("no evaluation windows: the data source gave no sequence of the requested length.")
   batch = min(batch, n)
   pad = -n % batch
   inputs, targets = (np.concatenate([x, np.repeat(x[:1], pad, 0)]) for x in (inputs, targets))
