@@ -41,3 +41,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(
                 pytest.mark.skip(reason=f"needs a {marker} backend; jax platform is {platform}")
             )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_compiled_programs_after_each_module():
+    """Bound a test worker's memory: JAX keeps every compiled program of the process (an
+    xdist worker runs half the suite, and its RSS kept growing past 8 GB); drop them when a
+    module is done. Programs a later module needs again are recompiled."""
+    yield
+    import jax
+
+    jax.clear_caches()
