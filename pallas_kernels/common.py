@@ -1,5 +1,5 @@
-"""What the kernel folders share: the Triton compiler parameters, and a gradient for a
-forward-only kernel."""
+"""What the kernel folders share: the Triton and TPU compiler parameters, and a gradient for
+a forward-only kernel."""
 
 from __future__ import annotations
 
@@ -14,6 +14,13 @@ def triton_params(num_warps: int, num_stages: int = 1):
   from jax.experimental.pallas import triton as plgpu  # pylint: disable=g-import-not-at-top
   cls = getattr(plgpu, "CompilerParams", None) or getattr(plgpu, "TritonCompilerParams")
   return cls(num_warps=num_warps, num_stages=num_stages)
+
+
+def tpu_params(*dimension_semantics: str):
+  """Pallas TPU compiler parameters (``CompilerParams``; ``TPUCompilerParams`` in older JAX)."""
+  from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+  cls = getattr(pltpu, "CompilerParams", None) or getattr(pltpu, "TPUCompilerParams")
+  return cls(dimension_semantics=dimension_semantics)
 
 
 def with_reference_grad(kernel: Callable, reference: Callable) -> Callable:

@@ -44,7 +44,6 @@ from tensorcache import inference, sharding, train  # noqa: E402
 from tensorcache.model import GPT  # noqa: E402
 
 GiB = 2**30
-PREFILL_CHUNK = 256  # inference.prefill's default chunk
 # HBM per chip (Cloud TPU system architecture pages); v4 and v5p as megacore chips.
 HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
 MEGACORE = ("v4", "v5p")
@@ -107,7 +106,7 @@ def _is_out_of_memory(e: Exception) -> bool:
   """The compiler refused the program for lack of HBM (not a kernel's VMEM, which a smaller
   batch does not cure)."""
   msg = str(e)
-  return ("RESOURCE_EXHAUSTED" in msg or "Ran out of memory" in msg) and "vmem" not in msg.lower()
+  return ("RESOURCE_EXHAUSTED" in msg or "Ran out of memory" in msg) and "memory space vmem" not in msg.lower()
 
 
 def _compile(name: str, lowered_fn, hbm: int) -> Compiled:
@@ -155,7 +154,7 @@ def compile_train(config: ml_collections.ConfigDict, devices: list, hbm: int) ->
 
 def compile_inference(config: ml_collections.ConfigDict, devices: list, hbm: int) -> list[Compiled]:
   """The prefill of ``train.batch_size`` prompts of ``train.seq_len`` tokens (the program
-  ``inference.prefill`` runs: chunks of ``PREFILL_CHUNK``, the last logits) and
+  ``inference.prefill`` runs: chunks of ``inference.PREFILL_CHUNK``, the last logits) and
   ``inference.decode_step`` of one token each: parameters in the trainer's rule shardings,
   tokens and cache split over the batch (cache counters replicated), the cache an argument
   and donated in both."""
@@ -175,7 +174,8 @@ def compile_inference(config: ml_collections.ConfigDict, devices: list, hbm: int
   decode = jax.jit(inference.decode_step, static_argnums=0, donate_argnums=2)
   with jax.set_mesh(spec.mesh):  # as the trainer's steps: splash must see the mesh
     stream = inference._stream_jit  # pylint: disable=protected-access  # prefill's program, cache given
-    return [_compile("prefill", lambda: stream.lower(model, "last", PREFILL_CHUNK, params, cache, tokens, None), hbm),
+    chunk = inference.PREFILL_CHUNK
+    return [_compile("prefill", lambda: stream.lower(model, "last", chunk, params, cache, tokens, None), hbm),
             _compile("decode", lambda: decode.lower(model, params, cache, step_tokens), hbm)]
 
 
@@ -191,8 +191,9 @@ def search_batch(fits: Callable[[int], bool], start: int, unit: int, hbm: int, s
   row that did not halve that interval comes a bisection, so the search takes at most about
   three times bisection's compiles (four in all when memory is exactly linear). Before two
   sizes are known: halving from ``start`` while it does not fit, doubling while it does; and
-  doubling again when the line twice in a row points one unit past the largest fitting batch
-  while nothing has failed (memory flat at small batches). The answer is a batch that fits
+  doubling again when the line twice in a row points at or below the largest fitting batch
+  while nothing has failed (memory flat or not monotone at small batches), instead of trying
+  one unit more each time. The answer is a batch that fits
   next to one that does not (or to 0), both compiled.
   """
   lo, hi = 0, None  # the largest batch known to fit (0: none yet), the smallest known not to
@@ -270,9 +271,9 @@ def fit_or_exit(config: ml_collections.ConfigDict, topology: str, devices: list,
     return compile_train(config, devices, hbm)
   except DoesNotFit as e:
     best, _ = largest_fitting(config, devices, hbm, per_chip, e)
-    unit = int(config.optim.accum_steps)
-    shard_more = ("raise --config.train.mesh.fsdp" if int(config.train.mesh.fsdp) < chips
-                  else "every parameter is already sharded over all chips: a larger topology or a smaller model")
+    unit, mesh = int(config.optim.accum_steps), train.step_spec(config, devices).mesh
+    shard_more = ("raise --config.train.mesh.fsdp" if mesh.shape["fsdp"] * mesh.shape["seq"] < chips
+                  else "the parameters are sharded as far as the mesh goes: a larger topology or a smaller model")
     fix = (f"the largest that fits is {best} per chip: --config.train.batch_size={best * chips}" if best
            else f"not even {unit} sequence{'s' * (unit > 1)} per chip (optim.accum_steps) fits: {shard_more}")
     print(f"does not fit on {topology}: {per_chip} sequences of {seq_len} per chip ({e}); {fix}", file=sys.stderr)

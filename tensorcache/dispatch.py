@@ -91,7 +91,8 @@ def l1_stream(q, k_cache, v_cache, cache_pos, k, v, positions, *, window, num_si
   interpreted elsewhere): one kernel reads each cached key and value once, where XLA runs the
   scores, the softmax and the value product as separate kernels (its gradient is the XLA
   form's). It falls back to XLA for head dims that are not a power of two from 16 to 128 and
-  caches whose slot count is not a multiple of 16 (``decode_attention.ops.supported``). On
+  caches whose slot count is not a multiple of 16 (on TPU: of 128, above 512 slots;
+  ``decode_attention.ops.supported``). On
   TPU and CPU ``AUTO`` runs XLA: the TPU kernel is compiled and tested, never timed.
   """
   impl = Impl(impl)
@@ -112,8 +113,8 @@ def l1_stream(q, k_cache, v_cache, cache_pos, k, v, positions, *, window, num_si
     return run
 
   if impl is Impl.PALLAS:
-    return jax.lax.platform_dependent(*args, cuda=kernel("gpu"), tpu=kernel("tpu"),
-                                      default=kernel("gpu", interpret=True))
+    tpu = kernel("tpu") if decode_ops.supported(k_cache.shape[2], q.shape[-1], "tpu") else xla
+    return jax.lax.platform_dependent(*args, cuda=kernel("gpu"), tpu=tpu, default=kernel("gpu", interpret=True))
   return jax.lax.platform_dependent(*args, cuda=kernel("gpu"), default=xla)
 
 

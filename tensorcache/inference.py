@@ -24,6 +24,8 @@ from tensorcache import cache as cache_lib
 from tensorcache.config import ModelConfig
 from tensorcache.model import GPT, check_tokens
 
+PREFILL_CHUNK = 256  # tokens per prefill scan step, by default
+
 
 def init_cache(cfg: ModelConfig, batch: int) -> cache_lib.Cache:
   """An empty cache; its shapes depend on the config only, never on the stream length."""
@@ -69,8 +71,10 @@ def _check_capacity(cfg: ModelConfig, length: int) -> None:
 
 
 def _check_batch(tokens, cache: cache_lib.Cache, ndim: int, shape: str) -> None:
-  """Static shape checks on the host: ``tokens`` of rank ``ndim`` (``shape`` names it), as
+  """Static checks on the host: integer ``tokens`` of rank ``ndim`` (``shape`` names it), as
   many rows as the cache holds sequences."""
+  if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
+    raise TypeError(f"token ids must be integers, got dtype {jnp.result_type(tokens)}.")
   if jnp.ndim(tokens) != ndim:
     raise ValueError(f"token ids must have shape {shape}; got shape {jnp.shape(tokens)}.")
   rows = cache.layers[0].kv.k.shape[0]
@@ -121,8 +125,9 @@ def _stream(model: GPT, mode: str, chunk: int, params, cache, tokens, targets):
 
   Only ``"all"`` keeps anything of size ``T x V``. The cache comes in as an argument, never
   made inside: an empty cache built under ``jit`` is a constant, and XLA constant-folds the
-  first chunk's attention against it (GPT-124M ``generate`` at batch 64 compiled in 72 s on a
-  2-core CPU host with the cache made inside, 6 s with it passed in).
+  first chunk's attention against it (GPT-124M ``generate`` at batch 64 on a 2-core CPU host:
+  78.1 s to compile with the cache made inside, 6.8 s with it passed in;
+  ``benchmarks/compile_generate.py``, ``results/inference/compile_generate_cpu.jsonl``).
   """
   B, T = tokens.shape
   params = compute_params(model.cfg, params)  # once, not per chunk
@@ -160,21 +165,23 @@ _stream_jit = jax.jit(_stream, static_argnums=(0, 1, 2), donate_argnums=4)
 def _checked_prompt(model: GPT, tokens, cache, chunk: int):
   """Ids and shapes checked on the host (once per call) and, under ``full``, the capacity
   (which reads ``cache.pos`` back when a cache is continued: once per call, never per step;
-  not when the cache is traced by a caller's ``jit``). Returns the tokens as an int32 array
-  and the cache (a fresh one for None: made here, outside ``jit``, see ``_stream``)."""
+  not when the cache is traced by a caller's ``jit``). Returns the tokens as an int32 array,
+  the cache (a fresh one for None: made here, outside ``jit``, see ``_stream``) and the chunk."""
   check_tokens(tokens, model.cfg.vocab_size)
-  _count("chunk", chunk, 1, "tokens per prefill step")
-  tokens = jnp.asarray(tokens, jnp.int32)
-  if tokens.ndim != 2 or not tokens.shape[1]:
-    raise ValueError(f"a prompt must have shape [batch, length] with at least one token; got shape {tokens.shape}.")
-  cache = init_cache(model.cfg, tokens.shape[0]) if cache is None else cache
+  chunk = _count("chunk", chunk, 1, "tokens per prefill step")
+  if jnp.ndim(tokens) != 2 or not jnp.shape(tokens)[1]:
+    raise ValueError(f"a prompt must have shape [batch, length] with at least one token; got shape "
+                     f"{jnp.shape(tokens)}.")
+  if model.cfg.mechanism == "full":  # where the prompt starts: read back only from a concrete cache
+    start = 0 if cache is None else None if isinstance(cache.pos, jax.core.Tracer) else int(cache.pos)
+    if start is not None:
+      _check_capacity(model.cfg, start + jnp.shape(tokens)[1])
+  cache = init_cache(model.cfg, jnp.shape(tokens)[0]) if cache is None else cache
   _check_batch(tokens, cache, 2, "[batch, length]")
-  if model.cfg.mechanism == "full" and not isinstance(cache.pos, jax.core.Tracer):
-    _check_capacity(model.cfg, int(cache.pos) + tokens.shape[1])
-  return tokens, cache
+  return jnp.asarray(tokens, jnp.int32), cache, chunk
 
 
-def prefill(model: GPT, params, tokens, cache: cache_lib.Cache | None = None, *, chunk: int = 256,
+def prefill(model: GPT, params, tokens, cache: cache_lib.Cache | None = None, *, chunk: int = PREFILL_CHUNK,
             all_logits: bool = False):
   """Streams a prompt ``[B, T]`` through ``cache`` (default: a fresh one; donated) in chunks
   of ``chunk`` tokens (``lax.scan``).
@@ -183,19 +190,19 @@ def prefill(model: GPT, params, tokens, cache: cache_lib.Cache | None = None, *,
   Besides the tokens and the requested logits nothing grows with ``T``: device memory is
   bounded for windowed mechanisms whatever the prompt length.
   """
-  tokens, cache = _checked_prompt(model, tokens, cache, chunk)
+  tokens, cache, chunk = _checked_prompt(model, tokens, cache, chunk)
   return _stream_jit(model, "all" if all_logits else "last", chunk, params, cache, tokens, None)
 
 
 def prefill_logprobs(model: GPT, params, tokens, targets, cache: cache_lib.Cache | None = None, *,
-                     chunk: int = 256):
+                     chunk: int = PREFILL_CHUNK):
   """``prefill`` scoring ``targets [B, T]`` (e.g. the next tokens) inside the scan.
 
   Returns ``((log p(targets) [B, T] float32, argmax [B, T] int32), cache)``: each position's
   target log-probability and most likely token. A chunk's logits live only in its scan step,
   so no ``[B, T, V]`` array exists and a 1M-token stream scores in bounded memory.
   """
-  tokens, cache = _checked_prompt(model, tokens, cache, chunk)
+  tokens, cache, chunk = _checked_prompt(model, tokens, cache, chunk)
   check_tokens(targets, model.cfg.vocab_size)
   targets = jnp.asarray(targets, jnp.int32)
   if targets.shape != tokens.shape:
@@ -206,13 +213,13 @@ def prefill_logprobs(model: GPT, params, tokens, targets, cache: cache_lib.Cache
 def sample_logits(rng, logits, temperature: float, top_k: int | None):
   """Greedy for ``temperature == 0``; otherwise temperature and optional top-k sampling
   (exactly ``top_k`` candidates per row, ties at the k-th logit broken by ``lax.top_k``).
-  ``logits [B, V]``."""
+  ``logits [..., V]``."""
   if temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits / temperature
   if top_k is not None:
     _, idx = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))
-    keep = jnp.zeros(logits.shape, bool).at[jnp.arange(logits.shape[0])[:, None], idx].set(True)
+    keep = jnp.put_along_axis(jnp.zeros(logits.shape, bool), idx, True, axis=-1, inplace=False)
     logits = jnp.where(keep, logits, -jnp.inf)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
@@ -235,12 +242,14 @@ def _generate(model, params, cache, prompt, max_new_tokens, rng, temperature, to
 
 
 def generate(model: GPT, params, prompt, max_new_tokens: int, rng=None, *, temperature: float = 1.0,
-             top_k: int | None = None, prefill_chunk: int = 256):
+             top_k: int | None = None, prefill_chunk: int = PREFILL_CHUNK):
   """Prompt ``[B, T]`` -> ``[B, T + max_new_tokens]``; prefill and sampling in one ``jit``.
   ``temperature`` 0 is greedy; ``top_k`` (None: all) limits the candidates per token. The
   last sampled token is not fed through the model, so a ``full`` cache needs ``T +
   max_new_tokens - 1`` slots."""
   check_tokens(prompt, model.cfg.vocab_size)
+  if not jnp.issubdtype(jnp.result_type(prompt), jnp.integer):
+    raise TypeError(f"token ids must be integers, got dtype {jnp.result_type(prompt)}.")
   prompt = jnp.asarray(prompt, jnp.int32)
   if prompt.ndim != 2 or not prompt.shape[1]:
     raise ValueError(f"a prompt must have shape [batch, length] with at least one token; got shape {prompt.shape}.")

@@ -295,9 +295,10 @@ class GPT(nn.Module):
     semantics whatever ``P``; ``P = 1`` is a decode step.
 
     Traced inputs are never read back to the host, so bad input shows as NaN: an id outside
-    ``[0, V)`` gets a NaN embedding (its logits are NaN, and so are later ones that see its key:
-    while it is in the window under ``window``/``sinks``, for good as a sink or through the
-    memory under ``tc``/``infini``),
+    ``[0, V)`` gets a NaN embedding (its logits are NaN, and so are later ones that read its
+    slot: until the ring overwrites it under ``window``/``sinks`` (a masked NaN value still
+    poisons the value product), for good as a sink or through the memory under
+    ``tc``/``infini``),
     and under ``full`` every position ``>= max_len`` gets NaN logits (its slot would wrap).
     """
     c = self.cfg

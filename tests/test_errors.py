@@ -136,7 +136,8 @@ def test_streaming_shapes_and_arguments_checked(window_model):
       (lambda: inference.prefill(model, params, toks, chunk=0), "chunk must be an integer >= 1"),
       (lambda: inference.prefill_logprobs(model, params, toks, toks, chunk=-4), "chunk must be an integer >= 1"),
       (lambda: inference.decode_step(model, params, cache(), toks[:, :1]), r"shape \[batch\]"),
-      (lambda: inference.decode_step(model, params, cache(), toks[:1, 0]), rf"1 sequences of token ids for a cache of {B}"),
+      (lambda: inference.decode_step(model, params, cache(), toks[:1, 0]),
+       rf"1 sequences of token ids for a cache of {B}"),
       (lambda: inference.generate(model, params, toks[:, :0], 3), "at least one token"),
       (lambda: inference.generate(model, params, toks, -3), "max_new_tokens must be an integer >= 0"),
       (lambda: inference.generate(model, params, toks, 3, temperature=-1.0), "temperature must be finite and >= 0"),
@@ -149,9 +150,14 @@ def test_streaming_shapes_and_arguments_checked(window_model):
 
 
 def test_float_token_ids_rejected(window_model):
+  """Float ids are refused, never truncated, whether they come from the host or the device."""
   model, params = window_model
-  with pytest.raises(TypeError, match="token ids must be integers"):
-    model.apply(params, jnp.ones((B, 4), jnp.float32))
+  ids = 1.7 * jnp.ones((B, 4), jnp.float32)
+  for call in (lambda: model.apply(params, ids), lambda: inference.prefill(model, params, ids),
+               lambda: inference.decode_step(model, params, inference.init_cache(model.cfg, B), ids[:, 0]),
+               lambda: inference.generate(model, params, ids, 2)):
+    with pytest.raises(TypeError, match="token ids must be integers"):
+      call()
 
 
 # ------------------------------------------------------------------ full-attention capacity
@@ -165,6 +171,14 @@ def test_full_cache_capacity_prefill(full_model):
   _, cache = inference.prefill(model, params, tokens(3, B, 10), chunk=4)
   with pytest.raises(ValueError, match=r"sequence of 17 tokens exceeds"):
     inference.prefill(model, params, tokens(4, B, 7), cache, chunk=4)
+
+
+def test_full_cache_capacity_under_a_callers_jit(full_model):
+  """A prefill traced by the caller's ``jit`` with a fresh cache still checks the capacity
+  (the prompt's length is static); with a traced cache it cannot read the start back."""
+  model, params = full_model
+  with pytest.raises(ValueError, match=r"sequence of 17 tokens exceeds"):
+    jax.jit(lambda t: inference.prefill(model, params, t, chunk=4)[0])(tokens(2, B, 17))
 
 
 def test_full_cache_capacity_generate(full_model):

@@ -422,6 +422,9 @@ def test_top_k_keeps_exactly_k_candidates_under_ties():
   _, idx = jax.lax.top_k(logits, 2)
   for row in range(3):
     assert set(np.unique(np.asarray(draws[:, row]))) == set(np.asarray(idx[row]).tolist())
+  for shape in [(7,), (2, 3, 7)]:  # any leading dims
+    draw = inference.sample_logits(jax.random.PRNGKey(4), jnp.broadcast_to(logits[0], shape), 1.0, 2)
+    assert draw.shape == shape[:-1] and set(np.unique(np.asarray(draw))) <= set(np.asarray(idx[0]).tolist())
 
 
 def test_generate_zero_new_tokens_returns_prompt():

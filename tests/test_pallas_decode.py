@@ -185,10 +185,11 @@ def test_dispatch_takes_the_kernel_for_one_token_only(monkeypatch):
 
 @pytest.mark.parametrize("impl", ["auto", "pallas"])
 def test_decode_ops_differentiate(impl):
-  """A gradient through a one-token step compiles on any platform and equals the XLA form's:
+  """A gradient through a one-token step compiles on any platform and is right:
   ``lax.platform_dependent`` differentiates every platform's branch, the GPU kernels' too, and
   each kernel's op takes its reference's gradient. The attention's is checked against the
-  concatenating reference (another code path)."""
+  concatenating reference (another code path), the memory step's against the gradient of the
+  step written out in this file (``_step_jnp``)."""
   size, n, window, pos, _, _, _ = CASES["sinks_cache"]
   (q, k_c, v_c, pos_c, k, v, _), q_sink = _inputs("sinks_cache")
   cot = normal(90, (B, 1) + q.shape[1:])
@@ -207,13 +208,15 @@ def test_decode_ops_differentiate(impl):
   q, k, v, g, eta, A, z = _step_inputs(91, 32, True)
   cots = [normal(92 + i, x.shape) for i, x in enumerate([q[:, None], q[:, None, :, 0], A, z])]
 
-  def step_loss(impl, q, k, v, g, eta, A, z):
-    outs = dispatch.l2_step(one(q), one(k), one(v), g[None], eta, A, z, rule="delta", normalize_q=True, impl=impl)
-    return sum(jnp.sum(o * c) for o, c in zip(outs, cots))
+  def step_loss(step, q, k, v, g, eta, A, z):
+    return sum(jnp.sum(o * c) for o, c in zip(step(q, k, v, g, eta, A, z), cots))
 
-  grads = lambda impl: jax.jit(jax.grad(functools.partial(step_loss, impl), argnums=tuple(range(7))))(
+  library = lambda q, k, v, g, eta, A, z: dispatch.l2_step(one(q), one(k), one(v), g[None], eta, A, z, rule="delta",
+                                                            normalize_q=True, impl=impl)
+  written_out = lambda *a: (lambda r, qz, A, z: (r[:, None], qz[:, None], A, z))(*_step_jnp(*a))
+  grads = lambda step: jax.jit(jax.grad(functools.partial(step_loss, step), argnums=tuple(range(7))))(
       q, k, v, g, eta, A, z)
-  for name, a, b in zip(["q", "k", "v", "g", "eta", "A", "z"], grads(impl), grads("xla")):
+  for name, a, b in zip(["q", "k", "v", "g", "eta", "A", "z"], grads(library), grads(written_out)):
     assert_close(a, b, 1e-5, f"memory step d{name}")
 
 
@@ -284,6 +287,21 @@ def _step_oracle(q, k, v, g, eta, A, z, rule, read_first, normalize_q):
   z = np.asarray(z, np.float64)
   z_new = lam[..., 0] * z + eta[..., 0] * k
   return r, np.sum(q * (z if read_first else z_new), -1), A_new, z_new
+
+
+def _step_jnp(q, k, v, g, eta, A, z):
+  """The delta-rule step with query normalisation and the normaliser, written out in jnp
+  (float32, differentiable) as ``_step_oracle`` writes it in NumPy."""
+  def unit(x):  # x / (|x| + eps), with a finite gradient at a zero key (a step that writes nothing)
+    sq = jnp.sum(x * x, -1, keepdims=True)
+    return x / (jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0) + 1e-5)
+
+  q, k = unit(q), unit(k)
+  lam, eta_ = jnp.exp(g)[None, :, None], eta[None, :, None]
+  v = v - jnp.einsum("bhd,bhde->bhe", k, A, precision="highest")
+  A_new = lam[..., None] * A + eta_[..., None] * k[..., :, None] * v[..., None, :]
+  z_new = lam * z + eta_ * k
+  return jnp.einsum("bhd,bhde->bhe", q, A_new, precision="highest"), jnp.sum(q * z_new, -1), A_new, z_new
 
 
 def _step_inputs(seed, D, with_z, dtype=jnp.float32):

@@ -32,7 +32,6 @@ f32 = jnp.float32
 NEG = -1e30  # finite "minus infinity": exp(NEG - NEG) stays 1, never NaN
 
 
-
 def _kernel(pos_ref, slot_ref, q_ref, qs_ref, k_ref, v_ref, acc_ref, ml_ref, *, block, per_split, window,
             num_sinks, sink_query):
   j = pl.program_id(2)

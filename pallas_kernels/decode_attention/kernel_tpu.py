@@ -27,6 +27,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels import common
+
 f32 = jnp.float32
 NEG = -1e30  # as kernel_gpu: a finite "minus infinity"
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -82,7 +84,6 @@ def partials(q, q_sink, k, v, slot_pos, pos, *, window, num_sinks, block, interp
   B, H, S, D = k.shape
   row = pl.BlockSpec((None, None, 1, D), lambda b, h, j: (b, h, 0, 0))
   tile = pl.BlockSpec((None, None, block, D), lambda b, h, j: (b, h, j, 0))
-  cls = getattr(pltpu, "CompilerParams", None) or getattr(pltpu, "TPUCompilerParams")
   kernel = functools.partial(_kernel, window=window, num_sinks=num_sinks, sink_query=q_sink is not None)
   rows = lambda x: x[:, :, None]  # [B, H, D] -> [B, H, 1, D]
   return pl.pallas_call(
@@ -92,5 +93,5 @@ def partials(q, q_sink, k, v, slot_pos, pos, *, window, num_sinks, block, interp
       out_specs=[row, pl.BlockSpec((None, None, 1, 2), lambda b, h, j: (b, h, 0, 0))],
       out_shape=[jax.ShapeDtypeStruct((B, H, 1, D), f32), jax.ShapeDtypeStruct((B, H, 1, 2), f32)],
       scratch_shapes=[pltpu.VMEM((1, 1), f32), pltpu.VMEM((1, 1), f32), pltpu.VMEM((1, D), f32)],
-      compiler_params=cls(dimension_semantics=("parallel", "parallel", "arbitrary")), interpret=interpret,
+      compiler_params=common.tpu_params("parallel", "parallel", "arbitrary"), interpret=interpret,
   )(pos, slot_pos[None], rows(q), rows(q if q_sink is None else q_sink), k, v)

@@ -28,10 +28,12 @@ f32 = jnp.float32
 TARGET_PROGRAMS = 256  # about two programs per SM of an H100/H200 (132 SMs)
 
 
-def supported(S: int, D: int) -> bool:
-  """Shapes the kernel takes: ``D`` a power of two from 16 to 128 (a block of keys and values
-  of 128 x ``D`` float32 each per program), ``S`` a multiple of 16."""
-  return 16 <= D <= 128 and D & (D - 1) == 0 and S % 16 == 0
+def supported(S: int, D: int, backend: str = "gpu") -> bool:
+  """Shapes the ``backend``'s kernel takes: ``D`` a power of two from 16 to 128 (a block of
+  keys and values of 128 x ``D`` float32 each per program), ``S`` a multiple of 16; on TPU
+  also a multiple of 128 unless it is at most 512 (one block of the whole cache in VMEM)."""
+  ok = 16 <= D <= 128 and D & (D - 1) == 0 and S % 16 == 0
+  return ok and (backend != "tpu" or S % 128 == 0 or S <= 512)
 
 
 def plan(B: int, H: int, S: int) -> tuple[int, int]:
@@ -52,7 +54,7 @@ def decode_attention(q_BHD, k_cache_BHSD, v_cache_BHSD, slot_pos_S, k_BHD, v_BHD
   """See the module docstring. ``block``/``n_split`` override ``plan`` (GPU) and
   ``kernel_tpu.block_for`` (TPU, one split) for tests."""
   B, H, S, D = k_cache_BHSD.shape
-  if not supported(S, D):
+  if not supported(S, D, backend):
     raise ValueError(f"decode_attention takes a power-of-two head dim from 16 to 128 and a cache of 16k slots, "
                      f"not D={D}, S={S}; use the library's streaming attention (impl='xla').")
   statics = dict(window=window, num_sinks=num_sinks)

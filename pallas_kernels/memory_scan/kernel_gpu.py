@@ -36,7 +36,6 @@ from pallas_kernels.memory_scan import chunk
 f32 = jnp.float32
 
 
-
 def _call(kernel, grid, in_specs, out_specs, out_shape, num_warps, interpret):
   return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
                         interpret=interpret, compiler_params=None if interpret else common.triton_params(num_warps))

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels import common
 from pallas_kernels.memory_scan import chunk
 
 f32 = jnp.float32
@@ -35,11 +36,6 @@ def _specs(N, C, D, reverse: bool):
   saved = [pl.BlockSpec((None, None, None) + s, lambda b, h, n: (b, h, at(n), 0, 0)) for s in ((D, D), (1, D))]
   state = [pl.BlockSpec((None, None) + s, lambda b, h, n: (b, h, 0, 0)) for s in ((D, D), (1, D), (1, 1))]
   return stream, column, g, eta, saved, state
-
-
-def _params():
-  cls = getattr(pltpu, "CompilerParams", None) or getattr(pltpu, "TPUCompilerParams")
-  return cls(dimension_semantics=("parallel", "parallel", "arbitrary"))
 
 
 def _heads_major(x):
@@ -121,7 +117,7 @@ def forward(q, k, v, g, eta, A0, z0, *, rule, read_first, precision="highest", s
       in_specs=[stream, stream, stream, g_spec, eta_spec, state[0], state[1]],
       out_specs=out_specs,
       scratch_shapes=[pltpu.VMEM((D, D), f32), pltpu.VMEM((1, D), f32)],
-      compiler_params=_params(), interpret=interpret,
+      compiler_params=common.tpu_params("parallel", "parallel", "arbitrary"), interpret=interpret,
   )(_heads_major(q), _heads_major(k), _heads_major(v), g, eta, A0, z0)
   r, qz = _heads_major(r), _heads_major(qz)
   return (r, qz, A, z, tuple(saved_states)) if save else (r, qz, A, z)
@@ -144,6 +140,6 @@ def backward(q, k, v, g, eta, saved, dr, dqz, dA, dz, *, rule, read_first, preci
       in_specs=[stream, stream, stream, g_spec, eta_spec, saved[0], saved[1], stream, column, state[0], state[1]],
       out_specs=[stream, stream, stream, dg_spec, state[2], state[0], state[1]],
       scratch_shapes=[pltpu.VMEM((D, D), f32), pltpu.VMEM((1, D), f32), pltpu.VMEM((1, 1), f32)],
-      compiler_params=_params(), interpret=interpret,
+      compiler_params=common.tpu_params("parallel", "parallel", "arbitrary"), interpret=interpret,
   )(*(_heads_major(x) for x in (q, k, v)), g, eta, S_in, z_in, _heads_major(dr), _heads_major(dqz), dA, dz)
   return _heads_major(dq), _heads_major(dk), _heads_major(dv), dg, deta, dA0, dz0

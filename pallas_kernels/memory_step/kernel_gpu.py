@@ -31,7 +31,6 @@ from pallas_kernels import common
 f32 = jnp.float32
 
 
-
 def _unit(x, eps):
   sq = jnp.sum(x * x)
   norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)

@@ -8,7 +8,8 @@ products, all float32 (``precision=HIGHEST``). The new state is declared to shar
 one's buffer (``input_output_aliases``).
 
 Shapes: ``q, k, v [B, H, D]`` (any float dtype), ``g, eta [H]``, ``A [B, H, D, D]``, ``z [B,
-H, D]``; any ``D`` (a block is a whole row or state of one head).
+H, D]``; a block is a whole row or state of one head, so Mosaic takes any ``D`` (``ops``
+passes powers of two from 16 to 128).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels import common
 
 f32 = jnp.float32
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -79,10 +81,9 @@ def step(q, k, v, g, eta, A, z, *, rule, read_first, normalize_q, eps, interpret
   scalars = lambda x: x.astype(f32).reshape(H, 1, 1)
   args = (rows(q), rows(k), rows(v), scalars(g), scalars(eta), A.astype(f32))
   args += (rows(z.astype(f32)),) if with_z else ()
-  cls = getattr(pltpu, "CompilerParams", None) or getattr(pltpu, "TPUCompilerParams")
   outs = pl.pallas_call(kernel, grid=(B, H), in_specs=in_specs, out_specs=out_specs, out_shape=shapes,
                         input_output_aliases={5: 1, 6: 3} if with_z else {5: 1}, interpret=interpret,
-                        compiler_params=cls(dimension_semantics=("parallel", "parallel")))(*args)
+                        compiler_params=common.tpu_params("parallel", "parallel"))(*args)
   if with_z:
     r, A, qz, z = outs
     return r[:, :, 0], qz[:, :, 0, 0], A, z[:, :, 0]
