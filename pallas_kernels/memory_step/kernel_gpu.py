@@ -27,43 +27,15 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels import common
+from pallas_kernels.memory_step import body
 
 f32 = jnp.float32
 
 
-def _unit(x, eps):
-  sq = jnp.sum(x * x)
-  norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
-  return x / (norm + eps)
-
-
-def _kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A_ref, *refs, rule, read_first, normalize_q, eps, with_z):
-  if with_z:
-    z_ref, r_ref, A_out, qz_ref, z_out = refs
-  else:
-    r_ref, A_out = refs
+def _kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A_ref, *refs, **statics):
   h = pl.program_id(1)
-  lam = jnp.exp(g_ref[h])
-  eta = eta_ref[h]
-  q = q_ref[...].astype(f32)
-  q = _unit(q, eps) if normalize_q else q
-  k = _unit(k_ref[...].astype(f32), eps)
-  v = v_ref[...].astype(f32)
-  A = A_ref[...]
-  if rule == "delta":
-    v = v - jnp.sum(k[:, None] * A, axis=0)
-  upd = k[:, None] * v[None, :]
-  if rule == "wedge":
-    upd = upd - v[:, None] * k[None, :]
-  A_new = lam * A + eta * upd
-  r_ref[...] = jnp.sum(q[:, None] * (A if read_first else A_new), axis=0)
-  A_out[...] = A_new
-  if with_z:
-    z = z_ref[...]
-    z_new = lam * z + eta * k
-    qz = jnp.sum(q * (z if read_first else z_new))
-    qz_ref[...] = jnp.where(jnp.arange(2) == 0, qz, 0.0)
-    z_out[...] = z_new
+  body.step(q_ref, k_ref, v_ref, jnp.exp(g_ref[h]), eta_ref[h], A_ref, refs, **statics,
+            row_times=lambda a, M: jnp.sum(a[:, None] * M, axis=0), outer=lambda a, b: a[:, None] * b[None, :])
 
 
 def step(q, k, v, g, eta, A, z, *, rule, read_first, normalize_q, eps, interpret=False):

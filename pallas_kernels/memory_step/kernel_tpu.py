@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels import common
+from pallas_kernels.memory_step import body
 
 f32 = jnp.float32
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -30,37 +31,10 @@ def _dot(a, b, contract):
   return jax.lax.dot_general(a, b, (contract, ((), ())), precision=HIGHEST, preferred_element_type=f32)
 
 
-def _unit(x, eps):  # x [1, D]
-  sq = jnp.sum(x * x, axis=1, keepdims=True)
-  norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
-  return x / (norm + eps)
-
-
-def _kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A_ref, *refs, rule, read_first, normalize_q, eps, with_z):
-  if with_z:
-    z_ref, r_ref, A_out, qz_ref, z_out = refs
-  else:
-    r_ref, A_out = refs
-  lam, eta = jnp.exp(g_ref[...]), eta_ref[...]  # [1, 1]
-  q = q_ref[...].astype(f32)
-  q = _unit(q, eps) if normalize_q else q
-  k = _unit(k_ref[...].astype(f32), eps)
-  v = v_ref[...].astype(f32)
-  A = A_ref[...]
+def _kernel(q_ref, k_ref, v_ref, g_ref, eta_ref, A_ref, *refs, **statics):
   rows, outer = ((1,), (0,)), ((0,), (0,))  # q A: a row times the state; a^T b: an outer product
-  if rule == "delta":
-    v = v - _dot(k, A, rows)
-  upd = _dot(k, v, outer)
-  if rule == "wedge":
-    upd = upd - _dot(v, k, outer)
-  A_new = lam * A + eta * upd
-  r_ref[...] = _dot(q, A if read_first else A_new, rows)
-  A_out[...] = A_new
-  if with_z:
-    z = z_ref[...]
-    z_new = lam * z + eta * k
-    qz_ref[...] = jnp.sum(q * (z if read_first else z_new), axis=1, keepdims=True)
-    z_out[...] = z_new
+  body.step(q_ref, k_ref, v_ref, jnp.exp(g_ref[...]), eta_ref[...], A_ref, refs, **statics,  # lam, eta [1, 1]
+            row_times=lambda a, M: _dot(a, M, rows), outer=lambda a, b: _dot(a, b, outer))
 
 
 def step(q, k, v, g, eta, A, z, *, rule, read_first, normalize_q, eps, interpret=False):
