@@ -133,6 +133,8 @@ def l2_scan(q, k, v, g, eta, A, z=None, *, rule, chunk, read_first=False, normal
   not depend on it): the GPU kernel on CUDA (products as 3 TF32 passes), the TPU kernel on
   TPU, the GPU kernel in Pallas interpret mode elsewhere (slow; for tests).
 
+  A stream of one step (a decode step) runs ``l2_step``.
+
   Delta rule: ``A`` may be a function ``(Phi, Psi) -> A`` of the stream's own state map
   (``memory.stream_map``), as sequence parallelism passes it. The chunked form calls it
   between its two phases; the others compute the map first (one more pass over the keys).
@@ -140,6 +142,8 @@ def l2_scan(q, k, v, g, eta, A, z=None, *, rule, chunk, read_first=False, normal
   impl = Impl(impl)
   if callable(A) and rule != "delta":
     raise ValueError(f"An entering state given as a function of the stream's map needs rule='delta', not {rule!r}.")
+  if q.shape[1] == 1 and not callable(A):  # a stream of one step (a decode step)
+    return l2_step(q, k, v, g, eta, A, z, rule=rule, read_first=read_first, normalize_q=normalize_q, impl=impl)
   q, k, v = memory.prepare(q, k, v, normalize_q)
   if callable(A) and (impl in (Impl.REFERENCE, Impl.PALLAS) or q.shape[1] == 1):
     A = A(*memory.stream_map(k, v, g, eta, chunk))

@@ -156,13 +156,10 @@ def tc_extend(q, k_evict, v_evict, valid, mp: MemoryParams, state: cache_lib.Mem
   k = k_evict * valid[None, :, None, None].astype(k_evict.dtype)  # nothing evicted: write nothing
   v = _scaled_values(v_evict, cfg)
   reads, new = [], []
-  kw = dict(rule=cfg.rule, read_first=cfg.compat == "reference", normalize_q=cfg.normalize_q, impl=cfg.impl)
   for log_lam, eta, A, z in _timescales(mp, state):
-    g = memory.log_decay(log_lam, valid)
-    if q.shape[1] == 1:  # a decode step
-      r, qz, A, z = dispatch.l2_step(q, k, v, g, eta, A, z, **kw)
-    else:
-      r, qz, A, z = dispatch.l2_scan(q, k, v, g, eta, A, z, chunk=cfg.chunk, **kw)
+    r, qz, A, z = dispatch.l2_scan(
+        q, k, v, memory.log_decay(log_lam, valid), eta, A, z, rule=cfg.rule, chunk=cfg.chunk,
+        read_first=cfg.compat == "reference", normalize_q=cfg.normalize_q, impl=cfg.impl)
     if qz is not None:
       r = _normalize_read(r, qz, cfg)
     reads.append(r)
