@@ -92,8 +92,8 @@ def l1_stream(q, k_cache, v_cache, cache_pos, k, v, positions, *, window, num_si
   scores, the softmax and the value product as separate kernels (its gradient is the XLA
   form's). It falls back to XLA for head dims that are not a power of two from 16 to 128 and
   caches whose slot count is not a multiple of 16 (on TPU: of 128, above 512 slots;
-  ``decode_attention.ops.supported``). On
-  TPU and CPU ``AUTO`` runs XLA: the TPU kernel is compiled and tested, never timed.
+  ``decode_attention.ops.supported``). On TPU and CPU ``AUTO`` runs XLA: the TPU kernel is
+  compiled and tested, never timed.
   """
   impl = Impl(impl)
   if impl is Impl.REFERENCE:
@@ -160,9 +160,8 @@ def l2_step(q, k, v, g, eta, A, z=None, *, rule, read_first=False, normalize_q=F
 
   ``PALLAS`` runs ``pallas_kernels/memory_step``: key normalisation, write and read in one
   kernel (Triton on GPU, Mosaic on TPU, the GPU kernel interpreted elsewhere; its gradient is
-  the XLA update's). It falls
-  back to the direct XLA update (``memory.memory_recurrence``) for head dims that are not a
-  power of two from 16 to 128. ``AUTO``, ``XLA`` and ``REFERENCE`` run that update: the
+  the XLA update's). It falls back to the direct XLA update (``memory.memory_recurrence``)
+  for head dims that are not a power of two from 16 to 128. ``AUTO``, ``XLA`` and ``REFERENCE`` run that update: the
   kernel has not measured faster inside a decode step (one H200, GPT-124M, runs 8 and 9 of
   ``results/fast_paths``, one each: ``generate`` 2 % slower at batch 1 and 3 % faster at batch
   64, the Python ``decode_step`` loop 30 % and 24 % slower).

@@ -70,11 +70,24 @@ def _check_capacity(cfg: ModelConfig, length: int) -> None:
         "raise max_len or use a bounded mechanism (window, sinks, infini, tc).")
 
 
+def _check_integer(tokens) -> None:
+  """Float ids are refused (never truncated), from the host or the device: a static check."""
+  if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
+    raise TypeError(f"token ids must be integers, got dtype {jnp.result_type(tokens)}.")
+
+
+def _check_prompt(tokens) -> None:
+  """Integer ids of shape ``[batch, length]``, at least one token."""
+  _check_integer(tokens)
+  if jnp.ndim(tokens) != 2 or not jnp.shape(tokens)[1]:
+    raise ValueError(f"a prompt must have shape [batch, length] with at least one token; got shape "
+                     f"{jnp.shape(tokens)}.")
+
+
 def _check_batch(tokens, cache: cache_lib.Cache, ndim: int, shape: str) -> None:
   """Static checks on the host: integer ``tokens`` of rank ``ndim`` (``shape`` names it), as
   many rows as the cache holds sequences."""
-  if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
-    raise TypeError(f"token ids must be integers, got dtype {jnp.result_type(tokens)}.")
+  _check_integer(tokens)
   if jnp.ndim(tokens) != ndim:
     raise ValueError(f"token ids must have shape {shape}; got shape {jnp.shape(tokens)}.")
   rows = cache.layers[0].kv.k.shape[0]
@@ -169,9 +182,7 @@ def _checked_prompt(model: GPT, tokens, cache, chunk: int):
   the cache (a fresh one for None: made here, outside ``jit``, see ``_stream``) and the chunk."""
   check_tokens(tokens, model.cfg.vocab_size)
   chunk = _count("chunk", chunk, 1, "tokens per prefill step")
-  if jnp.ndim(tokens) != 2 or not jnp.shape(tokens)[1]:
-    raise ValueError(f"a prompt must have shape [batch, length] with at least one token; got shape "
-                     f"{jnp.shape(tokens)}.")
+  _check_prompt(tokens)
   if model.cfg.mechanism == "full":  # where the prompt starts: read back only from a concrete cache
     start = 0 if cache is None else None if isinstance(cache.pos, jax.core.Tracer) else int(cache.pos)
     if start is not None:
@@ -248,11 +259,8 @@ def generate(model: GPT, params, prompt, max_new_tokens: int, rng=None, *, tempe
   last sampled token is not fed through the model, so a ``full`` cache needs ``T +
   max_new_tokens - 1`` slots."""
   check_tokens(prompt, model.cfg.vocab_size)
-  if not jnp.issubdtype(jnp.result_type(prompt), jnp.integer):
-    raise TypeError(f"token ids must be integers, got dtype {jnp.result_type(prompt)}.")
+  _check_prompt(prompt)
   prompt = jnp.asarray(prompt, jnp.int32)
-  if prompt.ndim != 2 or not prompt.shape[1]:
-    raise ValueError(f"a prompt must have shape [batch, length] with at least one token; got shape {prompt.shape}.")
   max_new_tokens = _count("max_new_tokens", max_new_tokens, 0, "tokens to sample")
   if not np.isfinite(temperature) or temperature < 0:
     raise ValueError(f"temperature must be finite and >= 0 (0: greedy); got {temperature!r}.")
