@@ -219,7 +219,7 @@ def plan(args) -> list[Group]:
 
 def common_args(args) -> list:
   out = ["--warmup", str(args.warmup), "--iters", str(args.iters), "--max_case_s", str(args.max_case_s),
-         "--tc_rules", ",".join(args.tc_rules)]
+         "--train_steps", str(args.train_steps), "--tc_rules", ",".join(args.tc_rules)]
   if args.prefill_chunk:
     out += ["--prefill_chunk", str(args.prefill_chunk)]
   return out + (["--quick"] if args.quick else [])
@@ -358,6 +358,8 @@ def rows_train(records):
     if r is None:
       continue
     rate = f"{r['tok_s'] / 1e3:.1f}k tok/s, MFU {r['mfu']:.1%}"
+    if "tok_s_blocked" in r:  # each step waited on alone
+      rate += f" (blocked {r['tok_s_blocked'] / 1e3:.1f}k)"
     peak = r.get("peak_bytes") or r.get("mem_compiled_bytes")
     ratio = f"{r['tok_s'] / window['tok_s']:.2f}x window" if window else ""
     finite = r["loss_finite"]
@@ -477,12 +479,15 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=None, help="default 2 (1 with --quick)")
   p.add_argument("--iters", type=int, default=None, help="timed runs per case, median; default 15 (3)")
   p.add_argument("--max_case_s", type=float, default=None, help="stop timing a case past this; 3 (1)")
+  p.add_argument("--train_steps", type=int, default=None,
+                 help="training steps timed back to back as the trainer runs them; 30 (3)")
   p.add_argument("--train_arms", default=",".join(TRAIN_ARMS))
   p.add_argument("--tc_rules", default="delta", help="rules of the tc_attention section")
   p.add_argument("--prefill_chunk", type=int, default=0, help="prefill chunk (0: the preset's)")
   p.add_argument("--commit", default="", help="git commit to record where .git is absent")
   args = p.parse_args(argv)
-  defaults = (("warmup", 2, 1), ("iters", 15, 3), ("max_case_s", 3.0, 1.0), ("budget_s", 450.0, 1200.0),
+  defaults = (("warmup", 2, 1), ("iters", 15, 3), ("max_case_s", 3.0, 1.0), ("train_steps", 30, 3),
+              ("budget_s", 450.0, 1200.0),
               ("cap_scale", 1.0, 3.0))
   for name, full, quick in defaults:
     if getattr(args, name) is None:

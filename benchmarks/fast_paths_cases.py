@@ -11,7 +11,9 @@ case to ``--result`` as soon as the case is done, so a timeout loses only the ca
 Timing: compile ahead of time (``jit(...).lower(...).compile()``, excluded), warm up, then
 the median of up to ``--iters`` runs, each waited on with ``jax.block_until_ready``, inputs
 rotated between two random sets (never zeros); a case stops early once it has run
-``--max_case_s`` seconds (at least three runs, or one for a run longer than that). Ratios are
+``--max_case_s`` seconds (at least three runs, or one for a run longer than that). A training
+arm's rate is ``--train_steps`` steps run back to back as the trainer runs them (``pipelined``);
+its blocked median is reported beside it. Ratios are
 to the baseline timed in the same process. Imports only the core library (no ml_collections,
 grain, tensorboardX: the meta line lists any that got imported).
 """
@@ -443,15 +445,32 @@ def run_train(S, opts, arm: str, emit) -> None:
     losses.append(loss)
     return loss
 
-  stats, _ = bench(run, opts.warmup, opts.iters, opts.max_case_s)
+  blocked, _ = bench(run, opts.warmup, opts.iters, opts.max_case_s)
+  stats = pipelined(run, opts.train_steps)
   losses = [float(x) for x in losses]
   tokens = S.train_B * S.train_T
   flops = train_flops(S, cfg, n_params)
   emit(section="train", case=arm, arm=arm, mechanism=mechanism, rule=rule if mechanism == "tc" else None,
        remat=cfg.remat, n_params=n_params, tokens_per_step=tokens, tok_s=tokens / (stats["ms"] * 1e-3),
        flops_per_step=flops, mfu=flops / (stats["ms"] * 1e-3) / (fast_paths.PEAK_TFLOPS * 1e12),
+       ms_blocked=blocked["ms"], n_blocked=blocked["n"], tok_s_blocked=tokens / (blocked["ms"] * 1e-3),
        loss_first=losses[0], loss_last=losses[-1], loss_finite=all(map(math.isfinite, losses)),
        peak_bytes=device_peak(), **stats, **info)
+
+
+def pipelined(run, steps: int) -> dict:
+  """Milliseconds per step of ``steps`` steps run as the trainer runs them
+  (``tensorcache.train``): step ``i + 1`` is dispatched before step ``i``'s loss is waited
+  on, so the host's dispatch of a step overlaps the device's work on the one before. A step
+  waited on alone (``bench``, reported as ``ms_blocked``) also pays that dispatch."""
+  prev = jax.block_until_ready(run(0))
+  t0 = time.perf_counter()
+  for i in range(1, steps + 1):
+    out = run(i)
+    jax.block_until_ready(prev)
+    prev = out
+  jax.block_until_ready(prev)
+  return {"ms": (time.perf_counter() - t0) * 1e3 / steps, "n": steps, "timing": "pipelined"}
 
 
 # ------------------------------------------------------------------ streaming: prefill, decode
@@ -558,6 +577,7 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--iters", type=int, default=15)
   p.add_argument("--max_case_s", type=float, default=3.0)
+  p.add_argument("--train_steps", type=int, default=30)
   p.add_argument("--tc_rules", default="delta")
   p.add_argument("--prefill_chunk", type=int, default=0)
   opts = p.parse_args(argv)
