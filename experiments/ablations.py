@@ -26,8 +26,8 @@ bytes of the CPython standard library; NLL at 256-4096 bytes), windows W in 8-32
 size ``cpu_exact_C16``, ``cpu_chunk_mean_C16``, ``cpu_tc_W16`` and ``cpu_window_W16`` are
 ``cpu_exact``, ``cpu_chunk_mean``, ``cpu_exact`` and ``cpu_window`` (the preset's chunk and window).
 
-Hardware and time: one H100/H200, about 2 minutes per arm; not run yet. The ``cpu_*`` arms
-(run: results/ablations_cpu): 2 CPU cores, 4-26 minutes each with other jobs sharing them,
+Hardware and time: one H200, 30-75 s per arm (12 of the 28 arms run: results/ablations).
+The ``cpu_*`` arms (run: results/ablations_cpu): 2 CPU cores, 4-26 minutes each with other jobs sharing them,
 the 24 distinct ones in two processes:
 
   python -m experiments.run --experiment=ablations --arms=$(python -c "from experiments import ablations; \

@@ -20,9 +20,10 @@ Evaluation: 8 held-out windows per context length 1K-32K streamed through the ca
 chunked prefill equals token-by-token decoding), NLL stratified with one W = 256 for every
 mechanism: all positions, >= m W for m in 0.5-64, and per distance bin.
 
-Hardware and time: one H100/H200, about 6 minutes per arm (training 33M tokens at the
-~90k tokens/s measured for this preset in results/gpu_train_medium, then the evaluation);
-not run yet. The ``cpu_*`` arms: 2 CPU cores, a few minutes each:
+Hardware and time: one H200, 43-114 s per arm (training 32.8M tokens at 1.3M-2.5M
+tokens/s, then the evaluation), 6.5 minutes for the five (results/long_context_lm, one seed:
+8 passes over the 4 MB corpus overfit; see experiments/README.md). The ``cpu_*`` arms: 2 CPU
+cores, a few minutes each:
 
   python -m experiments.run --experiment=long_context_lm --arms=cpu_full,cpu_window,cpu_sinks,cpu_infini,cpu_tc,\
 cpu_tc_s1,cpu_window_s1,cpu_tc_s2,cpu_window_s2 --out=results/long_context_lm_cpu
