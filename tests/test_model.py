@@ -210,6 +210,25 @@ def test_loss_block_changes_nothing(loss_block):
   _assert_grads_close(pull_b(cot)[0], pull(cot)[0])
 
 
+def test_half_precision_head_rounds_only_its_operands_and_cotangent():
+  """A bf16 model's tied head: float32 logits of the bf16-rounded operands; its gradients
+  are products of the bf16-rounded logit cotangent, rounded to bf16 (what mixed-precision
+  training does). Against NumPy float64 products of the same roundings the bf16 gradients
+  agree bit for bit (all but a rare rounding tie: >= 99 %); without rounding the cotangent
+  only about 60 % would."""
+  cfg = small_config(dtype="bfloat16")
+  h, emb, cot = normal(311, (2, 5, 32)), normal(312, (VOCAB, 32)), normal(313, (2, 5, VOCAB))
+  logits, pull = jax.vjp(lambda h, e: model_lib.head_logits(h, e, cfg), h, emb)
+  bf = lambda x: np.asarray(jnp.asarray(x, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+  h16, e16, g16, g = bf(h), bf(emb), bf(cot), np.asarray(cot, np.float64)
+  assert logits.dtype == jnp.float32
+  assert_close(logits, np.einsum("btm,vm->btv", h16, e16), 1e-6, "logits")
+  for got, spec, other in zip(pull(cot), ("btv,vm->btm", "btv,btm->vm"), (e16, h16)):
+    got = np.asarray(got, np.float64)
+    assert np.mean(got == bf(np.einsum(spec, g16, other))) >= 0.99
+    assert np.mean(got == bf(np.einsum(spec, g, other))) < 0.9  # the cotangent's rounding shows
+
+
 # ------------------------------------------------------------------ causality
 
 
