@@ -107,7 +107,9 @@ def _const(value: float):
 
 
 def check_tokens(tokens, vocab_size: int) -> None:
-  """Raises on token ids outside ``[0, vocab_size)`` when the ids are concrete."""
+  """Raises on token ids sharded in explicit mode (a static check) and on ids outside
+  ``[0, vocab_size)`` when the ids are concrete."""
+  _check_auto_sharding(tokens)
   if isinstance(tokens, jax.core.Tracer):
     return
   t = np.asarray(tokens)
@@ -117,6 +119,19 @@ def check_tokens(tokens, vocab_size: int) -> None:
     raise ValueError(
         f"token ids must lie in [0, {vocab_size}); got min {t.min()}, max {t.max()}. "
         "Check the tokenizer against the model's vocab_size.")
+
+
+def _check_auto_sharding(tokens) -> None:
+  """The modules leave sharding to the compiler (``jax.sharding.AxisType.Auto`` meshes, as
+  ``tensorcache.sharding.make_mesh`` makes them); under explicit sharding their gathers and
+  cache updates have no single output sharding, and JAX would fail deep inside the model."""
+  aval_mesh = getattr(getattr(jax.typeof(tokens), "sharding", None), "mesh", None)
+  types = tuple(getattr(aval_mesh, "axis_types", ())) + tuple(jax.sharding.get_abstract_mesh().axis_types)
+  if jax.sharding.AxisType.Explicit in types:
+    raise ValueError(
+        "token ids are sharded in explicit mode (a mesh with jax.sharding.AxisType.Explicit axes); "
+        "tensorcache models run under automatic sharding: make the mesh with tensorcache.sharding.make_mesh "
+        "or jax.make_mesh(..., axis_types=(jax.sharding.AxisType.Auto,) * n).")
 
 
 class Attention(nn.Module):

@@ -160,6 +160,26 @@ def test_float_token_ids_rejected(window_model):
       call()
 
 
+def test_explicit_sharding_refused_by_name(window_model):
+  """Ids sharded in explicit mode, or any call under an explicit mesh, get one error naming
+  the mode and the fix (JAX's own error comes from deep inside the embedding gather), for
+  training, prefill and generation; the same ids on an automatic mesh run."""
+  model, params = window_model
+  axis = jax.sharding.AxisType
+  toks = tokens(9, B, 6)
+  explicit = jax.make_mesh((B,), ("data",), axis_types=(axis.Explicit,), devices=jax.devices()[:B])
+  auto = jax.make_mesh((B,), ("data",), axis_types=(axis.Auto,), devices=jax.devices()[:B])
+  put = lambda mesh: jax.device_put(toks, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  calls = [lambda t: model.apply(params, t), lambda t: inference.prefill(model, params, t, chunk=3)[0],
+           lambda t: inference.generate(model, params, t, 2, temperature=0.0, prefill_chunk=3)]
+  for call in calls:
+    with pytest.raises(ValueError, match=r"sharded in explicit mode.*tensorcache.sharding.make_mesh"):
+      call(put(explicit))
+    with jax.set_mesh(explicit), pytest.raises(ValueError, match=r"sharded in explicit mode"):
+      call(toks)
+    assert np.all(np.isfinite(np.asarray(call(put(auto)), np.float32)))
+
+
 # ------------------------------------------------------------------ full-attention capacity
 
 
