@@ -439,7 +439,8 @@ def build_rows(records: list[dict], groups: list[dict], S: Sizes) -> list[dict]:
     recs = [r for r in records if r.get("section") == section]
     if section in per:
       for r in recs:
-        rows += [_row(section, r["case"], None, "ERROR", "", "", False)] if r.get("kind") == "error" else per[section](r)
+        error = r.get("kind") == "error"
+        rows += [_row(section, r["case"], None, "ERROR", "", "", False)] if error else per[section](r)
     elif section == "train":
       rows += rows_train(records)
     elif section == "prefill":
@@ -447,7 +448,8 @@ def build_rows(records: list[dict], groups: list[dict], S: Sizes) -> list[dict]:
       rows += [_row(section, r["case"], None, "ERROR", "", "", False) for r in recs if r.get("kind") == "error"]
     else:
       for r in recs:
-        rows += [_row(section, r["case"], None, "ERROR", "", "", False)] if r.get("kind") == "error" else rows_decode(r, S)
+        error = r.get("kind") == "error"
+        rows += [_row(section, r["case"], None, "ERROR", "", "", False)] if error else rows_decode(r, S)
   for g in groups:
     if g["status"] != "ok":
       rows.append(_row("run", g["group"], None, g["status"][:40], "", "", False))

@@ -122,7 +122,8 @@ def plot_recall(results: str) -> list[str]:
   if dist:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     last_hi = max(r["distance_lo_W"] for r in dist) + 0.5
-    for i, (name, bins) in enumerate(sorted(by_group(dist, lambda r: (r["distance_lo_W"], r["distance_hi_W"])).items())):
+    groups = by_group(dist, lambda r: (r["distance_lo_W"], r["distance_hi_W"]))
+    for i, (name, bins) in enumerate(sorted(groups.items())):
       xs = sorted(bins)
       mid = [(lo + min(hi, last_hi)) / 2 for lo, hi in xs]
       stats = [_spread(bins[b]) for b in xs]

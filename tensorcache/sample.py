@@ -45,11 +45,12 @@ def _define_flags() -> None:
 
 def main(argv):
   del argv
-  tokenizer = get_tokenizer(flags.FLAGS.tokenizer, flags.FLAGS.tokenizer_path)
-  texts = sample_text(flags.FLAGS.workdir, flags.FLAGS.prompt, flags.FLAGS.max_tokens, temperature=flags.FLAGS.temperature,
-                      top_k=flags.FLAGS.top_k, seed=flags.FLAGS.seed, num_samples=flags.FLAGS.num_samples, tokenizer=tokenizer)
+  f = flags.FLAGS
+  tokenizer = get_tokenizer(f.tokenizer, f.tokenizer_path)
+  texts = sample_text(f.workdir, f.prompt, f.max_tokens, temperature=f.temperature, top_k=f.top_k, seed=f.seed,
+                      num_samples=f.num_samples, tokenizer=tokenizer)
   for i, text in enumerate(texts):
-    print(f"--- sample {i} ---\n{flags.FLAGS.prompt}{text}")
+    print(f"--- sample {i} ---\n{f.prompt}{text}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from tensorcache.model import GPT
 DATA = pathlib.Path(__file__).parent / "data" / "reference_tc_outer.npz"
 TOL = 1e-4          # absolute, on logits of magnitude ~1-10
 MEANINGFUL = 1e-3   # a removed feature must move the oracle's logits by more than this
-B, T = 2, 40        # memory chunks of 7 (the last, partial, of 5), Infini segments of 6 (last of 4), prefill chunks of 5
+B, T = 2, 40        # memory chunks of 7 (the last, partial, of 5), Infini segments of 6 (last of 4),
+                    # prefill chunks of 5
 KV_WINDOW = 8
 
 

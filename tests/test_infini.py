@@ -46,7 +46,8 @@ def _per_token(q, k, v, p0, rule, segment, st):
 def test_stream_chunk_equals_per_token_loop(rule, segment, P, p0):
   keys = jax.random.split(jax.random.PRNGKey(100 * segment + 10 * P + p0), 7)
   q, k, v = (jax.random.normal(kk, (B, P, H, D)) for kk in keys[:3])
-  st = InfiniState(0.3 * jax.random.normal(keys[3], (B, H, D, D)), jax.random.uniform(keys[4], (B, H, D), minval=1, maxval=3),
+  st = InfiniState(0.3 * jax.random.normal(keys[3], (B, H, D, D)),
+                   jax.random.uniform(keys[4], (B, H, D), minval=1, maxval=3),
                    0.3 * jax.random.normal(keys[5], (B, H, D, D)), jax.random.uniform(keys[6], (B, H, D), maxval=2))
   r, new = jax.jit(infini.stream, static_argnums=(4, 5))(q, k, v, p0 + jnp.arange(P), rule, segment, st)
   want, want_state = _per_token(np.asarray(q), np.asarray(k), np.asarray(v), p0, rule, segment, st)

@@ -63,6 +63,7 @@ def memory_scan(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, z_BHD=None, *, rule
   use_z = z_BHD is not None
   z0 = (z_BHD.astype(f32) if use_z else jnp.zeros((B, H, D), f32))[:, :, None, :]
   eta = eta_H.astype(f32).reshape(H, 1, 1)
-  r, qz, A, z = _op(rule, bool(read_first), precision, backend, bool(interpret))(q, k, v, g, eta, A_BHDD.astype(f32), z0)
+  op = _op(rule, bool(read_first), precision, backend, bool(interpret))
+  r, qz, A, z = op(q, k, v, g, eta, A_BHDD.astype(f32), z0)
   r, qz = r[:, :T], qz[:, :T, :, 0]
   return r, (qz if use_z else None), A, (z[:, :, 0] if use_z else None)
