@@ -17,6 +17,7 @@ streaming pass wherever training and streaming share their semantics (``compat``
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import time
 from typing import Sequence
@@ -74,21 +75,23 @@ def sharded_logprobs(cfg: ModelConfig, params, inputs, targets, seq: int, *, bat
   mesh = sharding.make_mesh(-1, 1, seq=seq)
   rows = sharding.batch_shards(mesh)
   batch = -(-min(batch, inputs.shape[0]) // rows) * rows
-
-  @jax.jit
-  def logprobs(params, inputs, targets):
-    inputs, targets = (sharding.to_seq_layout(x, mesh, cfg.seq_balanced) for x in (inputs, targets))
-    ce = forward(params, inputs, cfg, mesh, targets=targets)[0]
-    return sharding.from_seq_layout(-ce, mesh, cfg.seq_balanced)
-
   n = inputs.shape[0]
   pad = -n % batch
   inputs, targets = (np.concatenate([x, np.repeat(x[:1], pad, 0)]) for x in (inputs, targets))
   out = []
   for i in range(0, inputs.shape[0], batch):
     part = sharding.shard_batch({"inputs": inputs[i:i + batch], "targets": targets[i:i + batch]}, mesh)
-    out.append(np.asarray(logprobs(params, part["inputs"], part["targets"])))
+    out.append(np.asarray(_sharded_logprobs(params, part["inputs"], part["targets"], cfg=cfg, mesh=mesh)))
   return np.concatenate(out)[:n]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh"))
+def _sharded_logprobs(params, inputs, targets, *, cfg: ModelConfig, mesh):
+  """One batch of ``sharded_logprobs``: one compile per model, mesh and shape, shared by
+  every call (``evaluate_nll`` compiles on a first batch, then times the rest)."""
+  inputs, targets = (sharding.to_seq_layout(x, mesh, cfg.seq_balanced) for x in (inputs, targets))
+  ce = forward(params, inputs, cfg, mesh, targets=targets)[0]
+  return sharding.from_seq_layout(-ce, mesh, cfg.seq_balanced)
 
 
 def stratified_nll(nll, weights, window: int, multiples: Sequence[float] = (1, 4)) -> dict[str, float]:

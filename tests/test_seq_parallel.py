@@ -275,7 +275,13 @@ def test_sharded_evaluation_equals_streaming():
   inputs = np.asarray(tokens)
   targets = np.roll(inputs, -1, axis=1)
   want = evaluate.streaming_logprobs(GPT(cfg), params, inputs, targets, chunk=8, batch=4)
+  compiles = evaluate._sharded_logprobs._cache_size  # pylint: disable=protected-access
+  before = compiles()
   got = evaluate.sharded_logprobs(cfg, params, inputs, targets, 4, batch=4)
   assert_close(got, want)
+  assert compiles() == before + 1
+  again = evaluate.sharded_logprobs(cfg, params, targets, inputs, 4, batch=4)  # other ids, same shapes
+  assert compiles() == before + 1, "a second call of one shape compiled again"
+  assert np.abs(again - got).max() > 1e-2 * np.abs(got).max()  # it scored the other ids
   with pytest.raises(ValueError, match="seq_shards"):
     evaluate.sharded_logprobs(cfg.replace(compat="reference"), params, inputs, targets, 4)
