@@ -5,6 +5,7 @@ Commands (repository root, the GPU machine; each stays inside one 10-minute call
 
   PYTHONPATH=. python benchmarks/seq_parallel.py --sections=weak --gpus=1,2 --out=$OUT/weak.json
   PYTHONPATH=. python benchmarks/seq_parallel.py --sections=longest --gpus=2 --out=$OUT/longest.json
+  PYTHONPATH=. python benchmarks/seq_parallel.py --sections=eval --gpus=2 --arms=tc_delta --out=$OUT/eval.json
 
 On 4 GPUs: ``--gpus=1,2,4`` (weak) and ``--gpus=4`` (longest). ``--profile`` adds a
 per-kernel summary of 3 traced steps to every weak-scaling row. A case that no longer fits the
@@ -32,6 +33,11 @@ entropy, donated state, bf16), random tokens:
   every arm at the same sizes (``--search_remat=block`` by default: each block keeps only its
   input; ``--search_loss_block=8192``: the head and loss over blocks of 8192 positions, so
   the ``[T, 50304]`` logits do not bound the context).
+* long-context evaluation: one random sequence of ``--eval_len`` tokens (1M) scored by
+  ``evaluate.sharded_logprobs`` (the parallel forward split over the ``seq`` axis, head and
+  loss over blocks of ``--search_loss_block``), random weights, on 1 GPU and on the largest
+  ``g``: time (the second call; the first compiles), peak memory, or the out-of-memory error
+  that shows a sequence no single GPU holds.
 
 Timing: compile excluded; ``--warmup`` steps, then ``--iters`` steps run back to back as the
 trainer runs them (step ``i + 1`` dispatched before step ``i``'s loss is read:
@@ -71,6 +77,8 @@ def case_main(case: dict) -> dict:
   cfg = ModelConfig(**case["model"], mechanism=mechanism, rule=rule or "delta", window=case["window"],
                     chunk=case["chunk"], attn_block=case["attn_block"], max_len=T, remat=case["remat"],
                     loss_block=case.get("loss_block", 0))
+  if case["section"] == "eval":
+    return eval_case(case, cfg)
   mesh = sharding.make_mesh(1, 1, jax.devices()[:g], seq=g)
   spec = train.StepSpec(cfg, optim.OptimConfig(warmup_steps=0, decay_steps=1000), mesh, internal_metrics=False)
   state, _ = train.create_train_state(spec, 0)
@@ -120,6 +128,34 @@ def case_main(case: dict) -> dict:
               **({"kernels": kernels} if kernels else {}))
 
 
+def eval_case(case: dict, cfg) -> dict:
+  """Long-context evaluation of one random ``seq_len``-token sequence split over ``gpus``
+  devices (``evaluate.sharded_logprobs``: the parallel forward, head and loss over blocks),
+  random weights; the second call is timed (the first compiles)."""
+  import jax
+  import numpy as np
+
+  from tensorcache import evaluate
+  from tensorcache.model import GPT
+
+  g, T = case["gpus"], case["seq_len"]
+  devices = jax.devices()[:g]
+  with jax.default_device(devices[0]):
+    params = jax.jit(GPT(cfg).init)(jax.random.PRNGKey(0), np.ones((1, 8), np.int32))
+  tok = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, T + 1))
+  run = lambda: evaluate.sharded_logprobs(cfg, params, tok[:, :-1], tok[:, 1:], g, batch=1, devices=devices)
+  t0 = time.perf_counter()
+  run()
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  logp = run()
+  ms = 1e3 * (time.perf_counter() - t0)
+  stats = jax.devices()[0].memory_stats() or {}
+  return dict(case, ms=ms, tok_s=T / ms * 1e3, tok_s_per_gpu=T / ms * 1e3 / g, compile_s=compile_s,
+              finite=bool(np.isfinite(logp).all()), nll=float(-logp.mean()), peak_bytes=stats.get("peak_bytes_in_use"),
+              device=str(jax.devices()[0].device_kind), platform=jax.devices()[0].platform, jax=jax.__version__)
+
+
 def run_case(case: dict, timeout_s: float) -> dict:
   """``case`` in a child process; failures (out of memory, timeout) come back as ``error``."""
   cmd = [sys.executable, __file__, "--case", json.dumps(case)]
@@ -162,6 +198,7 @@ def main() -> None:
   ap.add_argument("--search_loss_block", type=int, default=8192,
                   help="model.loss_block of the longest-context search (0: whole logits)")
   ap.add_argument("--search_from", type=int, default=32768, help="first context of the search (doubles)")
+  ap.add_argument("--eval_len", type=int, default=1 << 20, help="tokens of the eval section's sequence")
   ap.add_argument("--search_max", type=int, default=1 << 21)
   ap.add_argument("--warmup", type=int, default=2)
   ap.add_argument("--iters", type=int, default=5)
@@ -178,7 +215,7 @@ def main() -> None:
   model = SMOKE if a.smoke else GPT124M
   if a.smoke:
     a.tokens_per_gpu, a.window, a.chunk, a.search_from, a.search_max, a.attn_block = 128, 32, 16, 256, 512, 32
-    a.warmup, a.iters, a.search_loss_block = 1, 2, 96
+    a.warmup, a.iters, a.search_loss_block, a.eval_len = 1, 2, 96, 512
   gpus = [int(x) for x in a.gpus.split(",")]
   arms = a.arms.split(",")
   start = time.perf_counter()
@@ -203,6 +240,16 @@ def main() -> None:
       if one and r.get("section") == "weak" and r["arm"] == arm and "tok_s" in r:
         r["efficiency"] = r["tok_s_per_gpu"] / one["tok_s_per_gpu"]
         r["efficiency_blocked"] = r["tok_s_per_gpu_blocked"] / one["tok_s_per_gpu_blocked"]
+
+  for arm in arms if "eval" in sections else []:  # a long sequence evaluated on 1 and on all GPUs
+    for g in sorted({1, max(gpus)}):
+      if left() < 30:
+        rows.append(dict(section="eval", arm=arm, gpus=g, error="skipped: budget"))
+        continue
+      case = dict(base, section="eval", arm=arm, gpus=g, seq_len=a.eval_len, batch=1, remat="none",
+                  loss_block=a.search_loss_block, warmup=0, iters=1)
+      rows.append(run_case(case, min(a.case_s, left())))
+      print(json.dumps(rows[-1]), flush=True)
 
   g = max(gpus)
   for arm in arms if "longest" in sections else []:  # longest context that trains, batch 1, all GPUs

@@ -63,16 +63,18 @@ def streaming_logprobs(model: GPT, params, inputs, targets, *, chunk: int = 256,
   return np.concatenate(out)[:n]
 
 
-def sharded_logprobs(cfg: ModelConfig, params, inputs, targets, seq: int, *, batch: int = 8):
+def sharded_logprobs(cfg: ModelConfig, params, inputs, targets, seq: int, *, batch: int = 8,
+                     devices: Sequence[jax.Device] | None = None):
   """Per-token log-likelihood ``[N, T]`` from the parallel forward, positions split over
-  ``seq`` devices (mesh ``data x seq`` over every device), ``batch`` rows per call.
+  ``seq`` devices (mesh ``data x seq`` over ``devices``, default every device), ``batch``
+  rows per call.
 
   Raises ``ValueError`` for a model whose parallel forward differs from its streaming one.
   """
   if cfg.compat != "exact" or cfg.memory_mode != "exact" or not (cfg.train_window or cfg.mechanism == "full"):
     raise ValueError("--seq_shards needs the parallel forward to equal streaming: compat='exact', "
                      "memory_mode='exact' and train_window=True (or mechanism='full').")
-  mesh = sharding.make_mesh(-1, 1, seq=seq)
+  mesh = sharding.make_mesh(-1, 1, devices, seq=seq)
   rows = sharding.batch_shards(mesh)
   batch = -(-min(batch, inputs.shape[0]) // rows) * rows
   n = inputs.shape[0]
