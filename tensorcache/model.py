@@ -38,35 +38,36 @@ def head_logits(h_BTM, embedding_VM, cfg: ModelConfig):
   float32 product would be TF32 on Hopper, at half the rate: the largest matmul of the GPT-2
   sizes); a float32 model's is float32 (HIGHEST)."""
   dt = jnp.dtype(cfg.dtype)
-  if dt == f32:
-    return jnp.einsum("btm,vm->btv", h_BTM, embedding_VM, precision=_precision(cfg), preferred_element_type=f32)
-  return _half_head(h_BTM.astype(dt), embedding_VM.astype(dt))
+  h_BTM, embedding_VM = h_BTM.astype(dt), embedding_VM.astype(dt)
+  if dt == jnp.bfloat16:
+    return _bf16_head(h_BTM, embedding_VM)
+  return jnp.einsum("btm,vm->btv", h_BTM, embedding_VM, precision=_precision(cfg), preferred_element_type=f32)
 
 
 @jax.custom_vjp
-def _half_head(h_BTM, embedding_VM):
-  """``h @ E^T`` of half-precision operands with float32 logits. Its backward multiplies
-  the logits' cotangent rounded to the operands' dtype, accumulating in float32. Autodiff
-  would multiply the float32 cotangent against an upcast operand: two TF32 products, 3.8 ms
-  of the 55 ms GPT-124M tc step of 8192 tokens on an H200 (the profile in
-  results/seq_parallel/run3_weak_x2.json). Mixed-precision training does the same (PyTorch
-  autocast's bf16 linear layers take a bf16 output gradient)."""
+def _bf16_head(h_BTM, embedding_VM):
+  """``h @ E^T`` of bf16 operands with float32 logits. Its backward multiplies the logits'
+  cotangent rounded to bf16, accumulating in float32, as mixed-precision training does
+  (PyTorch autocast's bf16 linear layers take a bf16 output gradient). Autodiff would
+  multiply the float32 cotangent against an upcast operand: two TF32 products, 3.8 ms of the
+  55 ms GPT-124M tc step of 8192 tokens on an H200 (the profile in
+  results/seq_parallel/run3_weak_x2.json)."""
   return jnp.einsum("btm,vm->btv", h_BTM, embedding_VM, preferred_element_type=f32)
 
 
-def _half_head_fwd(h_BTM, embedding_VM):
-  return _half_head(h_BTM, embedding_VM), (h_BTM, embedding_VM)
+def _bf16_head_fwd(h_BTM, embedding_VM):
+  return _bf16_head(h_BTM, embedding_VM), (h_BTM, embedding_VM)
 
 
-def _half_head_bwd(res, g_BTV):
+def _bf16_head_bwd(res, g_BTV):
   h_BTM, embedding_VM = res
-  g = g_BTV.astype(h_BTM.dtype)
+  g = g_BTV.astype(jnp.bfloat16)
   dh = jnp.einsum("btv,vm->btm", g, embedding_VM, preferred_element_type=f32)
   de = jnp.einsum("btv,btm->vm", g, h_BTM, preferred_element_type=f32)
-  return dh.astype(h_BTM.dtype), de.astype(embedding_VM.dtype)
+  return dh.astype(jnp.bfloat16), de.astype(jnp.bfloat16)
 
 
-_half_head.defvjp(_half_head_fwd, _half_head_bwd)
+_bf16_head.defvjp(_bf16_head_fwd, _bf16_head_bwd)
 
 
 GEMM_ROWS = 16
