@@ -434,7 +434,7 @@ def rows_decode(r, S: Sizes):
 
 def build_rows(records: list[dict], groups: list[dict], S: Sizes) -> list[dict]:
   rows = []
-  per = {"l1": rows_l1, "memory": rows_memory, "tc_attention": rows_tc}
+  per = {"l1": rows_l1, "memory": rows_memory, "tc_attention": rows_tc, "decode": lambda r: rows_decode(r, S)}
   for section in SECTIONS:
     recs = [r for r in records if r.get("section") == section]
     if section in per:
@@ -443,13 +443,9 @@ def build_rows(records: list[dict], groups: list[dict], S: Sizes) -> list[dict]:
         rows += [_row(section, r["case"], None, "ERROR", "", "", False)] if error else per[section](r)
     elif section == "train":
       rows += rows_train(records)
-    elif section == "prefill":
+    else:  # prefill
       rows += rows_prefill(records, S)
       rows += [_row(section, r["case"], None, "ERROR", "", "", False) for r in recs if r.get("kind") == "error"]
-    else:
-      for r in recs:
-        error = r.get("kind") == "error"
-        rows += [_row(section, r["case"], None, "ERROR", "", "", False)] if error else rows_decode(r, S)
   for g in groups:
     if g["status"] != "ok":
       rows.append(_row("run", g["group"], None, g["status"][:40], "", "", False))
