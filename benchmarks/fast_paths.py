@@ -14,7 +14,7 @@ Sections (``--only=l1,memory,tc_attention,train,prefill,decode``; all by default
   l1            L1 alone, B 4, T 16384, H 12, D 64, W 512/1024: ``dispatch.l1_attention`` impl
                 xla and auto against cuDNN sliding-window attention; fwd and fwd+bwd; errors.
   memory        L2 alone (``mechanisms.tc_parallel``), H 12 D 64 and H 8 D 128, rules outer,
-                delta, wedge; fwd and fwd+bwd as a fraction of the copy bandwidth measured in
+                delta, wedge as dispatched and delta's XLA form; fwd and fwd+bwd as a fraction of the copy bandwidth measured in
                 the same process; chunked vs per-token reference at T 2048 in float32.
   tc_attention  L1 + L2 read, fwd+bwd, W 512/1024/4096, against cuDNN alone.
   train         GPT-124M AdamW step, batch 8 x 1024, W 512, bf16: window, full, tc outer,

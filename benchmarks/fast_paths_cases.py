@@ -42,6 +42,9 @@ from tensorcache.model import GPT
 
 f32, bf16 = jnp.float32, jnp.bfloat16
 RULES = ("outer", "delta", "wedge")
+# The memory section's arms (rule, impl): each rule as dispatched, and the delta rule's
+# XLA form (states by the associative scan of chunk maps) beside its GPU state-pass kernel.
+MEMORY_ARMS = (("outer", "auto"), ("delta", "auto"), ("delta", "xla"), ("wedge", "auto"))
 FORBIDDEN = ("ml_collections", "grain", "tensorboardX", "array_record")
 
 
@@ -287,14 +290,15 @@ def run_memory(S, opts, emit, copy_tbps: float) -> None:
     sets = [s[:3] + (memory_params(7 + i, H), s[3]) for i, s in enumerate(qkv_sets(2, (S.B, S.T, H, D), bf16))]
     array_bytes = S.B * S.T * H * D * 2  # one bf16 [B, T, H, D] array
     fwdbwd_ms = {}
-    for rule in RULES:
+    for rule, impl in MEMORY_ARMS:
       fwd_ms = None
+      arm = rule if impl == "auto" else f"{rule} ({impl})"
       for mode in ("fwd", "fwdbwd"):
-        case = f"H{H} D{D} {rule} {mode}"
+        case = f"H{H} D{D} {arm} {mode}"
         try:
-          stats = memory_case(S, H, D, rule, mode, sets, opts)
+          stats = memory_case(S, H, D, rule, impl, mode, sets, opts)
           fwd_ms = stats["ms"] if mode == "fwd" else fwd_ms
-          fwdbwd_ms[rule] = stats["ms"] if mode == "fwdbwd" else fwdbwd_ms.get(rule)
+          fwdbwd_ms[arm] = stats["ms"] if mode == "fwdbwd" else fwdbwd_ms.get(arm)
           emit(**memory_record(case, H, D, rule, mode, stats, fwd_ms, array_bytes, copy_tbps))
         except Exception as e:  # pylint: disable=broad-except
           emit.error("memory", case, e)
@@ -304,8 +308,8 @@ def run_memory(S, opts, emit, copy_tbps: float) -> None:
   memory_checks(S, emit)
 
 
-def memory_case(S, H, D, rule, mode, sets, opts) -> dict:
-  f = memory_fn(tc_config(H, D, S.mem_window, rule))
+def memory_case(S, H, D, rule, impl, mode, sets, opts) -> dict:
+  f = memory_fn(tc_config(H, D, S.mem_window, rule, impl=impl))
   if mode == "fwd":
     return timed(f, [s[:4] for s in sets], opts)[1]
   return timed(with_cotangent(f, (0, 1, 2, 3)), sets, opts)[1]

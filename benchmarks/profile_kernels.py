@@ -4,7 +4,8 @@
   JAX_PLATFORMS=cpu PYTHONPATH=. python benchmarks/profile_kernels.py --quick   # smoke (no GPU rows)
 
 Traces (``jax.profiler``, perfetto JSON) 5 training steps of each arm (the fast-path
-benchmark's model, batch and optimiser) and one ``inference.generate`` of 64 tokens at batch
+benchmark's model, batch and optimiser), 5 forward+backward passes of the memory path alone
+per rule (``--memory_rules``) and one ``inference.generate`` of 64 tokens at batch
 1 (tc delta, W 1024), after a warm-up; aggregates the device's events per stream thread and
 kernel name; prints the top kernels per step (time, launches) and writes
 ``<out>/<case>.json``. Compare a thread's busy time with the step's wall time: the gap is time
@@ -89,6 +90,15 @@ def train_case(S, arm: str):
   return run
 
 
+def memory_case(S, rule: str):
+  """The memory path alone, forward and backward, at the fast-path benchmark's first shape."""
+  H, D = S.mem_shapes[0]
+  q, k, v, ct = fc.qkv_sets(2, (S.B, S.T, H, D), fc.bf16, n_sets=1)[0]
+  f = jax.jit(fc.with_cotangent(fc.memory_fn(fc.tc_config(H, D, S.mem_window, rule)), (0, 1, 2, 3)))
+  mp = fc.memory_params(7, H)
+  return lambda: f(q, k, v, mp, ct)
+
+
 def decode_case(S, new_tokens: int):
   _, model, params = fc.stream_model(S)
   prompt = jax.random.randint(jax.random.PRNGKey(5), (1, S.decode_prompt), 0, S.vocab)
@@ -100,6 +110,7 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out", default="/tmp/profile_kernels")
   p.add_argument("--arms", default="window,tc_delta", help=f"training arms, of {sorted(fc.ARMS)}")
+  p.add_argument("--memory_rules", default="", help="memory path fwd+bwd (B, T of fast_paths' memory section)")
   p.add_argument("--decode_tokens", type=int, default=64, help="0: no decode case")
   p.add_argument("--top", type=int, default=20)
   p.add_argument("--quick", action="store_true", help="the tiny sizes of fast_paths --quick")
@@ -113,6 +124,8 @@ def main() -> None:
   S = fast_paths.sizes(opts.quick)
   for arm in filter(None, opts.arms.split(",")):
     profile(f"train_{arm}", train_case(S, arm), 5, opts.out, opts.top)
+  for rule in filter(None, opts.memory_rules.split(",")):
+    profile(f"memory_{rule}", memory_case(S, rule), 5, opts.out, opts.top)
   if opts.decode_tokens:
     profile(f"decode_b1_{opts.decode_tokens}tok", decode_case(S, opts.decode_tokens), 1, opts.out, opts.top)
 

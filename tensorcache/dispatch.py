@@ -16,11 +16,13 @@ the memory scan and memory step stay XLA, their kernels measured slower or no fa
 from __future__ import annotations
 
 import enum
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from pallas_kernels.decode_attention import ops as decode_ops
+from pallas_kernels.delta_states import ops as delta_states_ops
 from pallas_kernels.memory_scan import ops as memory_scan_ops
 from pallas_kernels.memory_step import ops as memory_step_ops
 from tensorcache import attention, fast_attention, infini, memory
@@ -151,6 +153,12 @@ def l2_scan(q, k, v, g, eta, A, z=None, *, rule, chunk, read_first=False, normal
     return memory.memory_recurrence(q, k, v, g, eta, A, rule, read_first, z)
   if impl is Impl.PALLAS:
     return _pallas_memory_scan(q, k, v, g, eta, A, z, rule=rule, read_first=read_first)
+  C, D = max(1, min(chunk, q.shape[1])), q.shape[-1]
+  if impl is Impl.AUTO and rule == "delta" and not callable(A) and delta_states_ops.supported(C, D, D):
+    def xla(states):
+      return lambda *a: memory.memory_scan(*a[:6], rule, chunk, read_first, a[6], states)
+    kernel = functools.partial(delta_states_ops.delta_states, precision="tf32x3")
+    return jax.lax.platform_dependent(q, k, v, g, eta, A, z, cuda=xla(kernel), default=xla(None))
   return memory.memory_scan(q, k, v, g, eta, A, rule, chunk, read_first, z)
 
 

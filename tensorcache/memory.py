@@ -163,30 +163,35 @@ def _masked_decay(G_row, G_col, strict: bool) -> Float[Array, "H N C C"]:
 
 
 @jax.custom_vjp
-def _unit_lower_inverse(L_XCC):
-  """Inverse of unit lower-triangular matrices (only the strict lower triangle is read).
+def _unit_lower_solve(L_XCC, B_XCF):
+  """``L^-1 B`` for unit lower-triangular ``L`` (only its strict lower triangle is read).
 
-  Forward by block doubling: with the inverses of the two diagonal blocks known,
-  ``[[L11, 0], [L21, L22]]^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1, L22^-1]]``, ``log2 C``
-  levels of batched matmuls (no sequential substitution). Backward in closed form,
-  ``dL = -L^-T dInv L^-T`` on the strict lower triangle: two matmuls, nothing saved but the
-  inverse (differentiating the doubling would save and replay every level)."""
-  return _doubling_inverse(L_XCC)
+  Forward: the inverse by block doubling (``_doubling_inverse``), then one product. Backward
+  in closed form from the solution ``X``: ``dB = L^-T dX`` and ``dL = -dB X^T`` on the strict
+  lower triangle; nothing saved but the inverse and ``X``, and no product of two inverses."""
+  return _mm("...ij,...jf->...if", _doubling_inverse(L_XCC), B_XCF)
 
 
-def _unit_lower_inverse_fwd(L_XCC):
+def _unit_lower_solve_fwd(L_XCC, B_XCF):
   inv = _doubling_inverse(L_XCC)
-  return inv, inv
+  X = _mm("...ij,...jf->...if", inv, B_XCF)
+  return X, (inv, X)
 
 
-def _unit_lower_inverse_bwd(inv, g):
-  return (jnp.tril(-_mm("...ji,...jk,...lk->...il", inv, g, inv), -1),)
+def _unit_lower_solve_bwd(res, dX):
+  inv, X = res
+  dB = _mm("...ji,...jf->...if", inv, dX)
+  return jnp.tril(-_mm("...if,...jf->...ij", dB, X), -1), dB
 
 
-_unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)
+_unit_lower_solve.defvjp(_unit_lower_solve_fwd, _unit_lower_solve_bwd)
 
 
 def _doubling_inverse(L_XCC):
+  """Inverse of unit lower-triangular matrices (only the strict lower triangle is read), by
+  block doubling: with the inverses of the two diagonal blocks known,
+  ``[[L11, 0], [L21, L22]]^-1 = [[L11^-1, 0], [-L22^-1 L21 L11^-1, L22^-1]]``, ``log2 C``
+  levels of batched matmuls (no sequential substitution)."""
   C = L_XCC.shape[-1]
   N = 1 << (C - 1).bit_length()
   lead = L_XCC.shape[:-2]
@@ -287,58 +292,72 @@ def _linear_chunks(q, pairs, g, eta_H, S0, read_first: bool):
   return o, S[:, :, -1]
 
 
-def _delta_maps(k, v, g, eta_H):
+def _delta_fields(k, v, g, eta_H):
   """The delta rule's chunk quantities by the UT transform. Within a chunk from state ``S``
   the written vectors ``w_i = eta (v_i - k_i A_{i-1})`` solve ``(I + M) W = eta V - eta
   e^{G_{i-1}} K S`` with ``M_ij = eta e^{G_{i-1} - G_j} <k_i, k_j>`` (``j < i``), so
-  ``W = U - Wk S``; ``A_C = Phi S + Psi`` with ``Phi = e^{G_C} I - Kw^T Wk`` and
-  ``Psi = Kw^T U`` is the chunk's affine map. Returns ``(U, Wk, Phi, Psi)``."""
+  ``W = U - Wk S``, and the chunk leaves ``e^{G_C} S + Kw^T W`` with ``Kw = e^{G_C - G} K``.
+  Returns ``(U, Wk, Kw)``."""
   G = jnp.cumsum(g, axis=-1)
   G_prev = G - g
   eta = eta_H.astype(f32)[:, None, None]
   C = g.shape[-1]
   M = _mm("bhnid,bhnjd->bhnij", k, k) * (_masked_decay(G_prev, G, strict=True) * eta[..., None])
-  Tinv = _unit_lower_inverse(jnp.eye(C, dtype=f32) + M)
-  U = _mm("bhnij,bhnjd->bhnid", Tinv, v * eta[..., None])
-  Wk = _mm("bhnij,bhnjd->bhnid", Tinv, k * (eta * jnp.exp(G_prev))[..., None])
-  Kw = k * jnp.exp(G[..., -1:] - G)[..., None]
-  eye = jnp.eye(k.shape[-1], dtype=f32)
-  Phi = jnp.exp(G[..., -1])[None, :, :, None, None] * eye - _mm("bhncd,bhnce->bhnde", Kw, Wk)
-  return U, Wk, Phi, _mm("bhncd,bhnce->bhnde", Kw, U)
+  D = v.shape[-1]
+  UWk = _unit_lower_solve(jnp.eye(C, dtype=f32) + M,
+                          jnp.concatenate([v * eta[..., None], k * (eta * jnp.exp(G_prev))[..., None]], axis=-1))
+  return UWk[..., :D], UWk[..., D:], k * jnp.exp(G[..., -1:] - G)[..., None]
 
 
-def _delta_chunks(q, k, v, g, eta_H, A0, read_first: bool):
-  """The delta rule's reads and final state from ``A0`` (``_delta_maps``): the states
-  entering the chunks by the affine scan, then ``W = U - Wk S`` and ``A_i = e^{G_i} S +
-  sum_{j<=i} e^{G_i - G_j} k_j (x) w_j`` per chunk. ``A0`` may be a function of the stream's
-  own map ``(Phi, Psi)`` (``memory_scan``)."""
-  U, Wk, Phi, Psi = _delta_maps(k, v, g, eta_H)
-  if callable(A0):  # the states as affine functions of A0, then A0 from the stream's map
-    P, Z = _prefix_maps(Phi, Psi)
-    S = Z + _mm("bhnij,bhjk->bhnik", P, A0(P[:, :, -1], Z[:, :, -1]))
+def _delta_maps(U, Wk, Kw, g):
+  """Each chunk's affine state map ``S -> Phi S + Psi``: ``Phi = e^{G_C} I - Kw^T Wk``,
+  ``Psi = Kw^T U``."""
+  eye = jnp.eye(Wk.shape[-1], dtype=f32)
+  Phi = jnp.exp(jnp.sum(g, axis=-1))[None, :, :, None, None] * eye - _mm("bhncd,bhnce->bhnde", Kw, Wk)
+  return Phi, _mm("bhncd,bhnce->bhnde", Kw, U)
+
+
+def _delta_chunks(q, k, v, g, eta_H, A0, read_first: bool, states=None):
+  """The delta rule's reads and final state from ``A0`` (``_delta_fields``): the states
+  entering the chunks, then ``W = U - Wk S`` and ``A_i = e^{G_i} S + sum_{j<=i} e^{G_i - G_j}
+  k_j (x) w_j`` per chunk. The states come from ``states(U, Wk, Kw, e^{G_C}, A0) -> (W, S_in,
+  S_final)`` where given (a serial pass over the chunks, ``pallas_kernels/delta_states``),
+  otherwise from the associative scan of the chunks' affine maps. ``A0`` may be a function of
+  the stream's own map ``(Phi, Psi)`` (``memory_scan``; always the scan of maps)."""
+  U, Wk, Kw = _delta_fields(k, v, g, eta_H)
+  if states is not None and not callable(A0):
+    W, S_in, S_last = states(U, Wk, Kw, jnp.exp(jnp.sum(g, axis=-1)), A0)
   else:
-    S = _matrix_states(Phi, Psi, A0)
-  S_in = S[:, :, :-1]
-  W = U - _mm("bhncd,bhnde->bhnce", Wk, S_in)
+    Phi, Psi = _delta_maps(U, Wk, Kw, g)
+    if callable(A0):  # the states as affine functions of A0, then A0 from the stream's map
+      P, Z = _prefix_maps(Phi, Psi)
+      S = Z + _mm("bhnij,bhjk->bhnik", P, A0(P[:, :, -1], Z[:, :, -1]))
+    else:
+      S = _matrix_states(Phi, Psi, A0)
+    S_in, S_last = S[:, :, :-1], S[:, :, -1]
+    W = U - _mm("bhncd,bhnde->bhnce", Wk, S_in)
   G = jnp.cumsum(g, axis=-1)
   G_read = G - g if read_first else G
   scores = _mm("bhnid,bhnjd->bhnij", q, k) * _masked_decay(G_read, G, strict=read_first)
   r = _mm("bhnij,bhnje->bhnie", scores, W) + _mm("bhnid,bhnde->bhnie", q * jnp.exp(G_read)[..., None], S_in)
-  return r, S[:, :, -1]
+  return r, S_last
 
 
 def stream_map(k_BTHD, v_BTHD, g_TH, eta_H, chunk: int):
   """The delta rule's state map over a whole write stream, ``A_T = Phi A_0 + Psi``
   (``[B, H, D, D]`` each), from the chunked form's maps (``memory_scan``'s first phase)."""
   C = max(1, min(chunk, k_BTHD.shape[1]))
-  P, Z = _prefix_maps(*_delta_maps(_to_chunks(k_BTHD, C), _to_chunks(v_BTHD, C), _chunk_log_decay(g_TH, C), eta_H)[2:])
+  k, g = _to_chunks(k_BTHD, C), _chunk_log_decay(g_TH, C)
+  P, Z = _prefix_maps(*_delta_maps(*_delta_fields(k, _to_chunks(v_BTHD, C), g, eta_H), g))
   return P[:, :, -1], Z[:, :, -1]
 
 
 def memory_scan(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, rule: str, chunk: int, read_first: bool = False,
-                z_BHD=None):
+                z_BHD=None, delta_states=None):
   """Exact per-token semantics of every rule in the chunked parallel form (see the module
   docstring). Same contract as ``memory_recurrence``: returns ``(r, qz, A, z)``.
+  ``delta_states`` (delta rule only) replaces the scan of the chunks' affine maps with a
+  serial pass over the chunks (``_delta_chunks``).
 
   For the delta rule ``A_BHDD`` may instead be a function ``(Phi, Psi) -> A_0`` of the
   stream's own state map (``stream_map``), called between the chunk maps and the reads: a
@@ -354,7 +373,7 @@ def memory_scan(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, rule: str, chunk: i
   use_z = z_BHD is not None
   qz = z = None
   if rule == "delta":
-    r, A = _delta_chunks(q, k, v, g, eta_H, A_BHDD, read_first)
+    r, A = _delta_chunks(q, k, v, g, eta_H, A_BHDD, read_first, delta_states)
     if use_z:
       qz, z = _linear_chunks(q, [(k, jnp.ones_like(k[..., :1]))], g, eta_H, z_BHD[..., None], read_first)
       qz, z = _from_chunks(qz, T)[..., 0], z[..., 0]

@@ -221,12 +221,22 @@ def _mm(a, b):
   return jnp.einsum("bhij,bhjk->bhik", a, b, precision=jax.lax.Precision.HIGHEST)
 
 
-def test_unit_lower_inverse_is_exact():
-  """The block-doubling inverse of the UT transform, on sizes that are not powers of two."""
-  for n in (1, 3, 8, 13):
+def test_unit_lower_solve_is_exact():
+  """The UT transform's solve (block-doubling inverse, closed-form backward) against
+  ``solve_triangular`` and its autodiff, on sizes that are not powers of two; only the strict
+  lower triangle of ``L`` is read, so only it gets a gradient."""
+  for n in (2, 3, 8, 13):
     L = jnp.tril(normal(n, (2, n, n), 0.5), -1) + jnp.eye(n)
-    inv = jax.jit(memory._unit_lower_inverse)(L)
-    np.testing.assert_allclose(np.asarray(inv) @ np.asarray(L), np.eye(n)[None].repeat(2, 0), atol=1e-5)
+    B = normal(n + 1, (2, n, 5))
+    ct = normal(n + 2, (2, n, 5))
+    oracle = lambda L, B: jax.scipy.linalg.solve_triangular(jnp.tril(L, -1) + jnp.eye(n), B, lower=True)
+    X = jax.jit(memory._unit_lower_solve)(L, B)
+    np.testing.assert_allclose(np.asarray(L) @ np.asarray(X), np.asarray(B), atol=1e-5)
+    loss = lambda f: (lambda L, B: jnp.sum(f(L, B) * ct))
+    dL, dB = jax.grad(loss(memory._unit_lower_solve), argnums=(0, 1))(L, B)
+    dL_ref, dB_ref = jax.grad(loss(oracle), argnums=(0, 1))(L, B)
+    assert_close(dL, dL_ref, 1e-5, f"dL n={n}")
+    assert_close(dB, dB_ref, 1e-5, f"dB n={n}")
 
 
 def test_invalid_steps_leave_state_untouched():
