@@ -26,8 +26,10 @@ Implementations (all return ``(r, qz, A, z)``; ``qz``/``z`` are None without ``z
   widened scan; the normaliser as an extra value column) or the UT transform of the delta
   rule (a ``C x C`` unit-lower-triangular inverse); across chunks the states follow an
   associative scan of affine maps ``S -> Phi_c S + Psi_c`` (scalar ``Phi_c`` for the linear
-  rules). Saved for the backward pass: ``O(T (C + D))`` per head plus ``O(T/C)`` states,
-  never a ``D x D`` state per token;
+  rules), or for delta a serial pass over the chunks handed in by the caller
+  (``delta_states``: the GPU kernel of ``pallas_kernels/delta_states``). Saved for the
+  backward pass: ``O(T (C + D))`` per head plus ``O(T/C)`` states, never a ``D x D`` state
+  per token;
 * ``chunk_start_scan``: the chunk-start scans of the reference (weighted sum, write-on-insert,
   delta error against the chunk-start state) and of the chunk-mean shortcut.
 """
