@@ -151,12 +151,12 @@ def l2_scan(q, k, v, g, eta, A, z=None, *, rule, chunk, read_first=False, normal
   impl = Impl(impl)
   if callable(A) and rule != "delta":
     raise ValueError(f"An entering state given as a function of the stream's map needs rule='delta', not {rule!r}.")
-  if q.shape[1] == 1 and not callable(A) and impl is not Impl.REFERENCE:  # a decode step
+  if q.shape[1] == 1 and not callable(A):  # a stream of one step (a decode step)
     return l2_step(q, k, v, g, eta, A, z, rule=rule, read_first=read_first, normalize_q=normalize_q, impl=impl)
   q, k, v = memory.prepare(q, k, v, normalize_q)
   if callable(A) and (impl in (Impl.REFERENCE, Impl.PALLAS) or q.shape[1] == 1):
     A = A(*memory.stream_map(k, v, g, eta, chunk))
-  if impl is Impl.REFERENCE or q.shape[1] == 1:  # the oracle; one step whose state came from the map
+  if impl is Impl.REFERENCE or q.shape[1] == 1:  # one step (decode): the direct update
     return memory.memory_recurrence(q, k, v, g, eta, A, rule, read_first, z)
   if impl is Impl.PALLAS:
     return _pallas_memory_scan(q, k, v, g, eta, A, z, rule=rule, read_first=read_first)
@@ -175,18 +175,17 @@ def l2_step(q, k, v, g, eta, A, z=None, *, rule, read_first=False, normalize_q=F
 
   ``PALLAS`` runs ``pallas_kernels/memory_step``: key normalisation, write and read in one
   kernel (Triton on GPU, Mosaic on TPU, the GPU kernel interpreted elsewhere; its gradient is
-  the XLA update's). It falls back to the direct XLA update (``memory.memory_step``) for head
-  dims that are not a power of two from 16 to 128. ``AUTO`` and ``XLA`` run that update
-  (``l2_scan`` sends ``REFERENCE`` to the per-token oracle): the kernel has not measured faster inside a decode step (one H200, GPT-124M, runs 8 and 9 of
+  the XLA update's). It falls back to the direct XLA update (``memory.memory_recurrence``)
+  for head dims that are not a power of two from 16 to 128. ``AUTO``, ``XLA`` and ``REFERENCE`` run that update: the
+  kernel has not measured faster inside a decode step (one H200, GPT-124M, runs 8 and 9 of
   ``results/fast_paths``, one each: ``generate`` 2 % slower at batch 1 and 3 % faster at batch
   64, the Python ``decode_step`` loop 30 % and 24 % slower).
   """
   impl = Impl(impl)
 
   def xla(q, k, v, g, eta, A, z):
-    q, k, v = memory.prepare(q[:, 0], k[:, 0], v[:, 0], normalize_q)
-    r, qz, A, z = memory.memory_step(q, k, v, g[0], eta, A, rule, read_first, z)
-    return r[:, None], (None if qz is None else qz[:, None]), A, z
+    q, k, v = memory.prepare(q, k, v, normalize_q)
+    return memory.memory_recurrence(q, k, v, g, eta, A, rule, read_first, z)
 
   if impl is not Impl.PALLAS or not memory_step_ops.supported(q.shape[-1]):
     return xla(q, k, v, g, eta, A, z)

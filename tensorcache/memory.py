@@ -140,25 +140,6 @@ def memory_recurrence(q_BTHD, k_BTHD, v_BTHD, g_TH, eta_H, A_BHDD, rule: str, re
   return r, (qz if use_z else None), A, (z if use_z else None)
 
 
-def memory_step(q_BHD, k_BHD, v_BHD, g_H, eta_H, A_BHDD, rule: str, read_first: bool = False, z_BHD=None):
-  """One step of ``memory_recurrence`` (a decode step), ``[B, H, D]`` vectors and ``[H]``
-  scalars, returning ``(r, qz, A, z)``. The read after the write is taken from the old state,
-  ``q A' = lam q A + eta sum_p <q, key_p> value_p``: the products ``q A`` and ``k A`` read
-  ``A`` together and the new state is written once, no second pass over it."""
-  check_rule(rule)
-  lam, eta = jnp.exp(g_H.astype(f32))[None, :, None], eta_H.astype(f32)[None, :, None]
-  q, k, v, A = q_BHD.astype(f32), k_BHD.astype(f32), v_BHD.astype(f32), A_BHDD.astype(f32)
-  qA = _mm("bhd,bhde->bhe", q, A)
-  pairs = write_pairs(k, v, rule, lambda x: _mm("bhd,bhde->bhe", x, A))
-  A_new = lam[..., None] * A + eta[..., None] * _outer_sum(pairs)
-  r = qA if read_first else lam * qA + eta * sum(jnp.sum(q * a, -1, keepdims=True) * b for a, b in pairs)
-  if z_BHD is None:
-    return r, None, A_new, None
-  z = z_BHD.astype(f32)
-  z_new = lam * z + eta * k
-  return r, jnp.sum(q * (z if read_first else z_new), axis=-1), A_new, z_new
-
-
 # ------------------------------------------------------------------ chunked exact form
 
 

@@ -167,12 +167,12 @@ class Attention(nn.Module):
   def _qkv(self, x, positions):
     c = self.cfg
     B, T, _ = x.shape
-    H, Dh = c.n_head, c.head_dim
-    qkv = self.c_attn(x).reshape(B, T, 3, H, Dh)
-    q_sink = mechanisms.sink_query(qkv[:, :, 0], positions, c)
-    # q and k rotated as one [B, T, 2H, Dh] array: one fusion, not one each
-    qk = apply_rope(qkv[:, :, :2].reshape(B, T, 2 * H, Dh), positions, c.rope_base, c.rope_scaling)
-    return qk[:, :, :H], qk[:, :, H:], qkv[:, :, 2], q_sink
+    q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)
+    q, k, v = (t.reshape(B, T, c.n_head, c.head_dim) for t in (q, k, v))
+    q_sink = mechanisms.sink_query(q, positions, c)
+    q = apply_rope(q, positions, c.rope_base, c.rope_scaling)
+    k = apply_rope(k, positions, c.rope_base, c.rope_scaling)
+    return q, k, v, q_sink
 
   def _memory_params(self) -> mechanisms.MemoryParams:
     sg = jax.lax.stop_gradient if self.cfg.freeze_decay_lr else (lambda a: a)

@@ -476,30 +476,3 @@ def test_streaming_chunk_xla_equals_reference(variant):
   flipped = "exact" if cfg.compat == "reference" else "reference"
   other, _ = run(q, k, v, valid, mp, state, cfg.replace(impl="reference", compat=flipped))
   assert_differs(other, r_ref, what="read order")
-
-
-@pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("read_first", [False, True])
-def test_memory_step_equals_one_step_of_the_recurrence(rule, read_first):
-  """The decode step's update (the read after the write taken from the old state) equals one
-  step of the per-token oracle: read, normaliser read, new state and normaliser, gradients."""
-  q, k, v, log_lam, eta, A0, _ = _stream(seed=31 + read_first, T=1, invalid=False)
-  z0 = normal(42, (B, H, D), 0.3)
-  g = memory.log_decay(log_lam, jnp.ones((1,), bool))
-  ct = normal(41, (B, 1, H, D))
-
-  def step(q, k, v, A, z):
-    r, qz, A, z = memory.memory_step(q[:, 0], k[:, 0], v[:, 0], g[0], eta, A, rule, read_first, z)
-    return r[:, None], qz[:, None], A, z
-
-  def oracle(q, k, v, A, z):
-    return memory.memory_recurrence(q, k, v, g, eta, A, rule, read_first, z)
-
-  got, want = step(q, k, v, A0, z0), oracle(q, k, v, A0, z0)
-  for a, b, what in zip(got, want, ("r", "qz", "A", "z")):
-    assert_close(a, b, 1e-6, what)
-  loss = lambda f: (lambda *a: jnp.sum(f(*a)[0] * ct) + jnp.sum(f(*a)[1]) + jnp.sum(jnp.sin(f(*a)[2])))
-  got = jax.grad(loss(step), argnums=range(5))(q, k, v, A0, z0)
-  want = jax.grad(loss(oracle), argnums=range(5))(q, k, v, A0, z0)
-  for a, b, what in zip(got, want, ("dq", "dk", "dv", "dA", "dz")):
-    assert_close(a, b, 1e-5, what)
