@@ -91,13 +91,15 @@ def _cuda_triton_calls(rule, D, chunk=16, T=64):
 
 def test_dispatch_runs_kernels_on_cuda_where_supported():
   """``Impl.AUTO`` lowered for CUDA: the delta rule's states by the two kernels (forward and
-  backward, through the Triton lowering); the XLA scan for D = 128 and the other rules."""
+  backward, through the Triton lowering) at D = 64 and 128; the XLA scan for a head dim the
+  kernels do not take and for the other rules."""
   assert _cuda_triton_calls("delta", 64) == 2
-  assert _cuda_triton_calls("delta", 128) == 0
+  assert _cuda_triton_calls("delta", 128) == 2
+  assert _cuda_triton_calls("delta", 24) == 0
   assert _cuda_triton_calls("outer", 64) == 0
 
 
 def test_unsupported_shapes_raise():
-  args, _ = _fields(0, 1, 1, 2, 16, 128)
-  with pytest.raises(ValueError, match="head dims K, V from 16 to 64"):
+  args, _ = _fields(0, 1, 1, 2, 16, 8)
+  with pytest.raises(ValueError, match="powers of two from 16"):
     ops.delta_states(*args, interpret=True)

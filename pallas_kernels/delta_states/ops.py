@@ -3,9 +3,7 @@ of the backward pass as batched XLA products.
 
 ``delta_states(U, Wk, Kw, lam, S0)`` has the contract of ``reference.delta_states``; gradients
 reach every input. ``supported`` says which shapes the kernels take: Triton's products want
-powers of two of at least 16, and at a head dim of 128 the kernels measured 5.5x slower than
-the XLA scan they replace (an H200: 135.9 vs 24.5 ms, forward and backward, B 4, T 16384,
-H 8; ``README.md``), so they take head dims up to 64.
+powers of two of at least 16.
 """
 
 from __future__ import annotations
@@ -22,13 +20,14 @@ HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def supported(C: int, K: int, V: int) -> bool:
-  pow2 = lambda n, top: 16 <= n <= top and n & (n - 1) == 0
-  return pow2(C, 128) and pow2(K, 64) and pow2(V, 64)
+  pow2 = lambda n: 16 <= n <= 128 and n & (n - 1) == 0
+  return pow2(C) and pow2(K) and pow2(V)
 
 
-def block_v(V: int) -> int:
-  """Value columns per program: 16 up to V = 64 (4 programs a head), then V / 4."""
-  return max(16, V // 4)
+# Value columns per program: 16, Triton's smallest product. On an H200 at D 128 it measured
+# 14.4 ms fwd+bwd, against 15.0 ms for 32 columns at 8 warps, 16.7 ms for 64 at 8 warps and
+# 135.9 ms for 32 at 4 warps (results/fast_paths/probe_delta_states_d128.json).
+BLOCK_V = 16
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,7 +36,7 @@ def _op(precision: str, num_warps: int, num_stages: int, interpret: bool):
 
   @jax.custom_vjp
   def states(U, Wk, Kw, lam, S0):
-    return kernel_gpu.forward(U, Wk, Kw, lam, S0, block_v=block_v(U.shape[-1]), **statics)
+    return kernel_gpu.forward(U, Wk, Kw, lam, S0, block_v=BLOCK_V, **statics)
 
   def fwd(U, Wk, Kw, lam, S0):
     W, S_in, S = states(U, Wk, Kw, lam, S0)
@@ -46,7 +45,7 @@ def _op(precision: str, num_warps: int, num_stages: int, interpret: bool):
   def bwd(res, cotangents):
     Wk, Kw, lam, W, S_in = res
     dW, dS_in, dS = cotangents
-    dWt, L, dS0 = kernel_gpu.backward(Wk, Kw, lam, dW, dS_in, dS, block_v=block_v(W.shape[-1]), **statics)
+    dWt, L, dS0 = kernel_gpu.backward(Wk, Kw, lam, dW, dS_in, dS, block_v=BLOCK_V, **statics)
     mm = lambda spec, a, b: jnp.einsum(spec, a, b, precision=HIGHEST, preferred_element_type=f32)
     dWk = -mm("bhncv,bhnkv->bhnck", dWt, S_in)
     dKw = mm("bhncv,bhnkv->bhnck", W, L)
@@ -63,7 +62,7 @@ def delta_states(U, Wk, Kw, lam, S0, *, precision: str = "highest", num_warps: i
   ``precision``: ``"highest"`` (IEEE float32 products on the CUDA cores) or ``"tf32x3"``
   (three TF32 passes on the tensor cores; compiled GPU kernels only)."""
   if not supported(U.shape[3], Wk.shape[-1], U.shape[-1]):
-    raise ValueError(f"delta_states kernels need a chunk C that is a power of two from 16 to 128 and "
-                     f"head dims K, V from 16 to 64; got C={U.shape[3]}, K={Wk.shape[-1]}, V={U.shape[-1]}.")
+    raise ValueError(f"delta_states kernels need the chunk C and head dims K, V to be powers of two from 16 "
+                     f"to 128; got C={U.shape[3]}, K={Wk.shape[-1]}, V={U.shape[-1]}.")
   args = [x.astype(f32) for x in (U, Wk, Kw, lam, S0)]
   return _op(precision, num_warps, num_stages, bool(interpret))(*args)
