@@ -137,9 +137,9 @@ def l2_scan(q, k, v, g, eta, A, z=None, *, rule, chunk, read_first=False, normal
 
   ``AUTO`` on GPU (cuda) runs the XLA scan with the delta rule's state pass over chunks as a
   Pallas kernel (``pallas_kernels/delta_states``, products as three TF32 passes) where the
-  chunk is a power of two from 16 to 128 and the head dim one from 16 to 64: on an H200 the
-  memory path's fwd+bwd went from 13.99 to 10.94 ms at B 4, T 16384, H 12, D 64 (run 12 of
-  ``results/fast_paths``). Elsewhere, and under ``XLA``, the states come from the associative
+  chunk and the head dim are powers of two from 16 to 128: on an H200 the memory path's
+  fwd+bwd went from 13.99 to 10.94 ms at B 4, T 16384, H 12, D 64 (run 12 of
+  ``results/fast_paths``), and from 24.58 to 14.44 ms at H 8, D 128 (a probe). Elsewhere, and under ``XLA``, the states come from the associative
   scan of the chunks' affine maps.
 
   A stream of one step (a decode step) runs ``l2_step``.
