@@ -35,7 +35,7 @@ def _fields(seed, B, H, N, C, D):
   return (U, Wk, Kw, lam, S0), cts
 
 
-@pytest.mark.parametrize("N,C,D", [(5, 16, 32), (3, 64, 16), (7, 32, 64)])
+@pytest.mark.parametrize("N,C,D", [(5, 16, 32), (3, 64, 16), (7, 32, 64), (2, 16, 128)])
 def test_kernels_match_reference(N, C, D):
   args, cts = _fields(10 * N + D, 2, 3, N, C, D)
   loss = lambda f: (lambda *a: sum(jnp.sum(x * c) for x, c in zip(f(*a), cts)))
