@@ -137,10 +137,12 @@ def l2_scan(q, k, v, g, eta, A, z=None, *, rule, chunk, read_first=False, normal
 
   ``AUTO`` on GPU (cuda) runs the XLA scan with the delta rule's state pass over chunks as a
   Pallas kernel (``pallas_kernels/delta_states``, products as three TF32 passes) where the
-  chunk and the head dim are powers of two from 16 to 128: on an H200 the memory path's
+  chunk and the head dim are powers of two from 16 to 128, also for an entering state given
+  as a function of the stream's map (a sequence-parallel shard): on an H200 the memory path's
   fwd+bwd went from 13.99 to 10.94 ms at B 4, T 16384, H 12, D 64 (run 12 of
-  ``results/fast_paths``), and from 24.58 to 14.44 ms at H 8, D 128 (a probe). Elsewhere, and under ``XLA``, the states come from the associative
-  scan of the chunks' affine maps.
+  ``results/fast_paths``), and from 24.58 to 14.44 ms at H 8, D 128 (a probe).
+  Elsewhere, and under ``XLA``, the states come from the associative scan of the chunks'
+  affine maps.
 
   A stream of one step (a decode step) runs ``l2_step``.
 
@@ -161,11 +163,11 @@ def l2_scan(q, k, v, g, eta, A, z=None, *, rule, chunk, read_first=False, normal
   if impl is Impl.PALLAS:
     return _pallas_memory_scan(q, k, v, g, eta, A, z, rule=rule, read_first=read_first)
   C, D = max(1, min(chunk, q.shape[1])), q.shape[-1]
-  if impl is Impl.AUTO and rule == "delta" and not callable(A) and delta_states_ops.supported(C, D, D):
-    def xla(states):
-      return lambda *a: memory.memory_scan(*a[:6], rule, chunk, read_first, a[6], states)
+  if impl is Impl.AUTO and rule == "delta" and delta_states_ops.supported(C, D, D):
+    def xla(states):  # A by closure: it may be a function of the stream's map
+      return lambda q, k, v, g, eta, z: memory.memory_scan(q, k, v, g, eta, A, rule, chunk, read_first, z, states)
     kernel = functools.partial(delta_states_ops.delta_states, precision="tf32x3")
-    return jax.lax.platform_dependent(q, k, v, g, eta, A, z, cuda=xla(kernel), default=xla(None))
+    return jax.lax.platform_dependent(q, k, v, g, eta, z, cuda=xla(kernel), default=xla(None))
   return memory.memory_scan(q, k, v, g, eta, A, rule, chunk, read_first, z)
 
 

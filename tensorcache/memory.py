@@ -325,10 +325,22 @@ def _delta_chunks(q, k, v, g, eta_H, A0, read_first: bool, states=None):
   k_j (x) w_j`` per chunk. The states come from ``states(U, Wk, Kw, e^{G_C}, A0) -> (W, S_in,
   S_final)`` where given (a serial pass over the chunks, ``pallas_kernels/delta_states``),
   otherwise from the associative scan of the chunks' affine maps. ``A0`` may be a function of
-  the stream's own map ``(Phi, Psi)`` (``memory_scan``; always the scan of maps)."""
+  the stream's own map ``(Phi, Psi)`` (``memory_scan``): the serial pass then carries the
+  widened state ``[Z | P]`` from ``[0 | I]`` (``S_c = Z_c + P_c A0``; the value columns
+  evolve independently, and ``U``'s columns for ``P`` are zero), so ``W = W_Z + W_P A0``."""
   U, Wk, Kw = _delta_fields(k, v, g, eta_H)
-  if states is not None and not callable(A0):
-    W, S_in, S_last = states(U, Wk, Kw, jnp.exp(jnp.sum(g, axis=-1)), A0)
+  lam = jnp.exp(jnp.sum(g, axis=-1))
+  if states is not None and callable(A0):
+    V, K = U.shape[-1], Wk.shape[-1]
+    eye = jnp.broadcast_to(jnp.eye(K, dtype=f32), Wk.shape[:2] + (K, K))
+    start = jnp.concatenate([jnp.zeros(Wk.shape[:2] + (K, V), f32), eye], axis=-1)
+    W_zp, S_zp, last = states(jnp.concatenate([U, jnp.zeros_like(Wk)], axis=-1), Wk, Kw, lam, start)
+    A0 = A0(last[..., V:], last[..., :V])
+    W = W_zp[..., :V] + _mm("bhnck,bhkv->bhncv", W_zp[..., V:], A0)
+    S_in = S_zp[..., :V] + _mm("bhnij,bhjk->bhnik", S_zp[..., V:], A0)
+    S_last = last[..., :V] + _mm("bhij,bhjk->bhik", last[..., V:], A0)
+  elif states is not None:
+    W, S_in, S_last = states(U, Wk, Kw, lam, A0)
   else:
     Phi, Psi = _delta_maps(U, Wk, Kw, g)
     if callable(A0):  # the states as affine functions of A0, then A0 from the stream's map

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from pallas_kernels import common
 from tensorcache import dispatch, memory
 from tensorcache.cache import InfiniState
 from tensorcache.shapes import NEG_INF
@@ -99,11 +100,8 @@ def delayed(x_BTF: Float[Array, "B T ..."], shift: int, axis: str) -> Float[Arra
 
 def _zeros(shape, like):
   """float32 zeros typed as varying over the manual mesh axes ``like`` varies over (a scan
-  carry that meets shard data must have the data's type). The type's field is ``vma`` in
-  some JAX versions, ``manual_axis_type.varying`` in others."""
-  aval = jax.typeof(like)
-  mat = getattr(aval, "manual_axis_type", None)
-  axes = tuple(sorted(getattr(aval, "vma", None) or (mat.varying if mat is not None else ())))
+  carry that meets shard data must have the data's type)."""
+  axes = common.manual_axes(like)
   z = jnp.zeros(shape, f32)
   return jax.lax.pcast(z, axes, to="varying") if axes else z
 

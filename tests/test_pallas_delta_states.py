@@ -77,12 +77,13 @@ def test_memory_scan_with_kernel_matches_oracle(read_first):
     assert_close(a, b, 5 * TOL, what)
 
 
-def _cuda_triton_calls(rule, D, chunk=16, T=64):
+def _cuda_triton_calls(rule, D, chunk=16, T=64, from_map=False):
   s = lambda shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype)
   args = [s((2, T, 2, D))] * 3 + [s((T, 2), jnp.float32), s((2,), jnp.float32), s((2, 2, D, D), jnp.float32)]
 
   def loss(*a):
-    r, _, A, _ = dispatch.l2_scan(*a, rule=rule, chunk=chunk)
+    A0 = (lambda Phi, Psi: a[5] + Psi) if from_map else a[5]
+    r, _, A, _ = dispatch.l2_scan(*a[:5], A0, rule=rule, chunk=chunk)
     return jnp.sum(r * r) + jnp.sum(A)
 
   lowered = jax.jit(jax.grad(loss, argnums=range(6))).trace(*args).lower(lowering_platforms=("cuda",))
@@ -92,8 +93,10 @@ def _cuda_triton_calls(rule, D, chunk=16, T=64):
 def test_dispatch_runs_kernels_on_cuda_where_supported():
   """``Impl.AUTO`` lowered for CUDA: the delta rule's states by the two kernels (forward and
   backward, through the Triton lowering) at D = 64 and 128; the XLA scan for a head dim the
-  kernels do not take and for the other rules."""
+  kernels do not take and for the other rules. An entering state from the stream's map (as
+  sequence parallelism passes it) takes the kernels too."""
   assert _cuda_triton_calls("delta", 64) == 2
+  assert _cuda_triton_calls("delta", 64, from_map=True) == 2
   assert _cuda_triton_calls("delta", 128) == 2
   assert _cuda_triton_calls("delta", 24) == 0
   assert _cuda_triton_calls("outer", 64) == 0
@@ -101,5 +104,34 @@ def test_dispatch_runs_kernels_on_cuda_where_supported():
 
 def test_unsupported_shapes_raise():
   args, _ = _fields(0, 1, 1, 2, 16, 8)
-  with pytest.raises(ValueError, match="powers of two from 16"):
+  with pytest.raises(ValueError, match="powers of two from 16 to 128"):
     ops.delta_states(*args, interpret=True)
+
+
+def test_entering_state_from_the_stream_map():
+  """An entering state given as a function of the stream's own map ``(Phi, Psi)`` (as
+  sequence parallelism passes it): the kernel's widened pass ``[Z | P]`` equals the XLA
+  form's scan of maps, reads, final state and gradients (through the function too)."""
+  B, T, H, D, C = 1, 40, 2, 16, 16
+  q, v = normal(11, (B, T, H, D)), normal(13, (B, T, H, D))
+  k = memory.normalize_key(normal(12, (B, T, H, D)))
+  g = memory.log_decay(jnp.log(jax.random.uniform(jax.random.PRNGKey(14), (H,), minval=0.7, maxval=0.99)),
+                       jnp.ones((T,), bool))
+  eta = jax.random.uniform(jax.random.PRNGKey(15), (H,), minval=0.2, maxval=1.0)
+  A = normal(16, (B, H, D, D), 0.1)
+  ct = normal(17, (B, T, H, D))
+
+  def run(states):
+    def f(q, k, v, g, eta, A):
+      entering = lambda Phi, Psi: A + 0.5 * (jnp.einsum("bhij,bhjk->bhik", Phi, A) + Psi)
+      return memory.memory_scan(q, k, v, g, eta, entering, "delta", C, delta_states=states)
+    return f
+
+  loss = lambda f: (lambda *a: jnp.sum(f(*a)[0] * ct) + jnp.sum(jnp.sin(f(*a)[2])))
+  got, want = run(KERNEL)(q, k, v, g, eta, A), run(None)(q, k, v, g, eta, A)
+  assert_close(got[0], want[0], TOL, "reads")
+  assert_close(got[2], want[2], TOL, "final state")
+  got = jax.grad(loss(run(KERNEL)), argnums=range(6))(q, k, v, g, eta, A)
+  want = jax.grad(loss(run(None)), argnums=range(6))(q, k, v, g, eta, A)
+  for a, b, what in zip(got, want, ("dq", "dk", "dv", "dg", "deta", "dA")):
+    assert_close(a, b, 5 * TOL, what)

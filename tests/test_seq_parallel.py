@@ -142,6 +142,40 @@ def test_memory_scan_equals_the_per_token_recurrence(rule, normalizer, read_firs
   assert_close(got, want)
 
 
+def test_delta_scan_on_shards_through_the_state_kernel(monkeypatch):
+  """``Impl.AUTO`` as it runs on a GPU (the CUDA branch; the state kernel in Pallas interpret
+  mode) under ``shard_map``: each shard's entering state is a function of its own map, so the
+  kernel carries the widened state. Reads, final state and gradients against the per-token
+  recurrence, over 4 shards of 16 (chunk 16, head dim 16: the kernel's smallest)."""
+  kernel = dispatch.delta_states_ops.delta_states
+  monkeypatch.setattr(jax.lax, "platform_dependent", lambda *a, cuda, default: cuda(*a))
+  monkeypatch.setattr(dispatch.delta_states_ops, "delta_states",
+                      lambda *a, precision: kernel(*a, interpret=True))
+  n, T, Dk = 4, 64, 16
+  q, k, v = randn(10, (B, T, H, Dk)), randn(11, (B, T, H, Dk)), randn(12, (B, T, H, Dk))
+  g = memory.log_decay(jnp.log(jax.random.uniform(jax.random.PRNGKey(13), (H,), minval=0.7, maxval=0.99)),
+                       jnp.ones((T,), bool))
+  eta = jax.random.uniform(jax.random.PRNGKey(14), (H,), minval=0.2, maxval=0.9)
+
+  def ref(q, k, v):
+    qn, kn, vn = memory.prepare(q, k, v, normalize_q=False)
+    r, _, A, _ = memory.memory_recurrence(qn, kn, vn, g, eta, jnp.zeros((B, H, Dk, Dk)), "delta", False)
+    return r, jnp.broadcast_to(A, (n,) + A.shape)
+
+  def shard(q, k, v, g):
+    r, _, A, _ = seq_parallel.memory_scan(q, k, v, g, eta, normalizer=False, axis=sharding.SEQ, rule="delta",
+                                          chunk=16)
+    return r, A[None]
+
+  # Pallas' interpreter loops over the grid with carries it cannot type per mesh axis, so this
+  # shard_map runs unchecked; the typed trace of the CUDA branch is test_train_steps_on_seq_2_equal_seq_1.
+  run = jax.shard_map(shard, mesh=seq_mesh(n), in_specs=(P(None, sharding.SEQ),) * 3 + (P(sharding.SEQ),),
+                      out_specs=(P(None, sharding.SEQ), P(sharding.SEQ)), check_vma=False)
+  want = value_and_vjp(ref, (q, k, v), 15)
+  got = value_and_vjp(lambda q, k, v: run(q, k, v, g), (q, k, v), 15)
+  assert_close(got, want)
+
+
 @pytest.mark.parametrize("rule,segment", [("linear", 3), ("delta", 6), ("delta", 64)])
 def test_infini_scan_carries_the_state_across_shards(rule, segment):
   n, T = 4, 24

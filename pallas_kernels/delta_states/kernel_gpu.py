@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
@@ -76,8 +75,7 @@ def forward(U, Wk, Kw, lam, S0, *, block_v, precision="highest", num_warps=4, nu
   B, H, N, C, V = U.shape
   K = Wk.shape[-1]
   cols, rows, lam_spec, states, state = _specs(N, C, K, block_v)
-  out_shape = [jax.ShapeDtypeStruct(U.shape, f32), jax.ShapeDtypeStruct((B, H, N, K, V), f32),
-               jax.ShapeDtypeStruct((B, H, K, V), f32)]
+  out_shape = [common.out_struct(s, f32, U) for s in (U.shape, (B, H, N, K, V), (B, H, K, V))]
   kernel = functools.partial(_fwd_kernel, N=N, precision=precision)
   return _call(kernel, B, H, V, block_v, [cols, rows, rows, lam_spec, state], [cols, states, state], out_shape,
                num_warps, num_stages, interpret)(U, Wk, Kw, lam.reshape(H, N, 1, 1), S0)
@@ -90,8 +88,7 @@ def backward(Wk, Kw, lam, dW, dS_in, dS, *, block_v, precision="highest", num_wa
   B, H, N, C, V = dW.shape
   K = Wk.shape[-1]
   cols, rows, lam_spec, states, state = _specs(N, C, K, block_v)
-  out_shape = [jax.ShapeDtypeStruct(dW.shape, f32), jax.ShapeDtypeStruct((B, H, N, K, V), f32),
-               jax.ShapeDtypeStruct((B, H, K, V), f32)]
+  out_shape = [common.out_struct(s, f32, dW) for s in (dW.shape, (B, H, N, K, V), (B, H, K, V))]
   kernel = functools.partial(_bwd_kernel, N=N, precision=precision)
   return _call(kernel, B, H, V, block_v, [rows, rows, lam_spec, cols, states, state], [cols, states, state],
                out_shape, num_warps, num_stages, interpret)(Wk, Kw, lam.reshape(H, N, 1, 1), dW, dS_in, dS)

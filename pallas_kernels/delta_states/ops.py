@@ -3,7 +3,8 @@ of the backward pass as batched XLA products.
 
 ``delta_states(U, Wk, Kw, lam, S0)`` has the contract of ``reference.delta_states``; gradients
 reach every input. ``supported`` says which shapes the kernels take: Triton's products want
-powers of two of at least 16.
+powers of two of at least 16 (the value columns are taken 16 at a time, so ``V`` need only
+be a multiple of 16: ``memory._delta_chunks`` widens them).
 """
 
 from __future__ import annotations
@@ -13,21 +14,22 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import common
 from pallas_kernels.delta_states import kernel_gpu
 
 f32 = jnp.float32
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def supported(C: int, K: int, V: int) -> bool:
-  pow2 = lambda n: 16 <= n <= 128 and n & (n - 1) == 0
-  return pow2(C) and pow2(K) and pow2(V)
-
-
 # Value columns per program: 16, Triton's smallest product. On an H200 at D 128 it measured
 # 14.4 ms fwd+bwd, against 15.0 ms for 32 columns at 8 warps, 16.7 ms for 64 at 8 warps and
 # 135.9 ms for 32 at 4 warps (results/fast_paths/probe_delta_states_d128.json).
 BLOCK_V = 16
+
+
+def supported(C: int, K: int, V: int) -> bool:
+  pow2 = lambda n: 16 <= n <= 128 and n & (n - 1) == 0
+  return pow2(C) and pow2(K) and V > 0 and V % BLOCK_V == 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,7 +64,7 @@ def delta_states(U, Wk, Kw, lam, S0, *, precision: str = "highest", num_warps: i
   ``precision``: ``"highest"`` (IEEE float32 products on the CUDA cores) or ``"tf32x3"``
   (three TF32 passes on the tensor cores; compiled GPU kernels only)."""
   if not supported(U.shape[3], Wk.shape[-1], U.shape[-1]):
-    raise ValueError(f"delta_states kernels need the chunk C and head dims K, V to be powers of two from 16 "
-                     f"to 128; got C={U.shape[3]}, K={Wk.shape[-1]}, V={U.shape[-1]}.")
-  args = [x.astype(f32) for x in (U, Wk, Kw, lam, S0)]
+    raise ValueError(f"delta_states kernels need the chunk C and key dim K to be powers of two from 16 to 128 "
+                     f"and V a multiple of {BLOCK_V}; got C={U.shape[3]}, K={Wk.shape[-1]}, V={U.shape[-1]}.")
+  args = common.varying_alike(*(x.astype(f32) for x in (U, Wk, Kw, lam, S0)))
   return _op(precision, num_warps, num_stages, bool(interpret))(*args)
